@@ -1,1 +1,206 @@
-//! placeholder
+//! The Hearth broker.
+//!
+//! One broker leads (elected in the store); the others are standbys that answer with the
+//! leader's address. The leader accepts the node agents' streams (agents dial out, so GPU
+//! hosts need no inbound port), tracks node liveness on its own monotonic clock, and
+//! writes every change through transactions fenced by its epoch, so a deposed leader can
+//! never overwrite its successor. State lives in etcd or, on one machine, in an embedded
+//! store persisted to a file.
+//!
+//! # Layout
+//! - `config.rs`: settings, layered defaults → TOML → `HEARTH_*` env → flags, validated.
+//! - `store.rs`: the `Store` trait (etcd's data model, election, fencing);
+//!   `store/etcd.rs` and `store/embedded.rs` implement it.
+//! - `leader.rs`: campaign, take over, step down; the leader-only liveness timer.
+//! - `cluster.rs`: shared state every service holds (role, store, nodes, events).
+//! - `nodes.rs`: the node registry, agent streams and liveness transitions.
+//! - `convert.rs`: the proto boundary; validation that names the field.
+//! - `api.rs` + `api/`: one file per `hearth.v1` gRPC service.
+//! - `events.rs`: the cluster event bus behind `Admin.WatchEvents`.
+//! - `error.rs`: the error type and its single mapping to gRPC status codes.
+//! - `metrics.rs`: Prometheus metrics for the admin port.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod events;
+pub mod leader;
+pub mod metrics;
+pub mod nodes;
+pub mod store;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use hearth_sdk::proto::v1::{
+    FILE_DESCRIPTOR_SET, admin_server::AdminServer, node_agent_server::NodeAgentServer,
+    sessions_server::SessionsServer, templates_server::TemplatesServer,
+};
+use prometheus_client::registry::Registry;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cluster::{Cluster, Role},
+    config::Config,
+    metrics::Metrics,
+    store::{EmbeddedStore, EtcdStore, Store},
+};
+
+/// Every hearth.v1 service, for health reporting.
+const SERVICES: [&str; 4] = [
+    "hearth.v1.Sessions",
+    "hearth.v1.Templates",
+    "hearth.v1.Admin",
+    "hearth.v1.NodeAgent",
+];
+
+/// Opens the configured store: etcd when endpoints are given, else the embedded file.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if config.store.etcd.is_empty() {
+        let path = &config.store.path;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the store directory {}", dir.display()))?;
+        }
+        Ok(Arc::new(EmbeddedStore::open(path)?))
+    } else {
+        let store = EtcdStore::connect(
+            &config.store.etcd,
+            &config.store.prefix,
+            config.store.dial_timeout,
+        )
+        .await?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// Runs a broker on the given listeners until `shutdown` completes, then shuts down
+/// gracefully: agent and watch streams close, leadership is resigned so a standby takes
+/// over at once, and in-flight requests finish.
+pub async fn run(
+    mut config: Config,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Listeners may be bound to port 0 (tests): advertise what was actually bound.
+    config.grpc_addr = grpc.local_addr()?;
+    config.admin_addr = admin.local_addr()?;
+    config.validate()?;
+    let advertise_url = config.advertise_url();
+    let store = open_store(&config).await?;
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+
+    let stop = CancellationToken::new();
+    let cluster = Arc::new(Cluster::new(
+        config,
+        advertise_url,
+        store,
+        metrics,
+        stop.clone(),
+    ));
+    tracing::info!(
+        broker_id = cluster.broker_id,
+        grpc = %cluster.config.grpc_addr,
+        admin = %cluster.config.admin_addr,
+        store = cluster.store.kind(),
+        "broker starting as standby; campaigning for leadership"
+    );
+
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let election = tokio::spawn(leader::run(cluster.clone(), stop.clone()));
+    let liveness = tokio::spawn(leader::check_liveness(cluster.clone(), stop.clone()));
+    let health = tokio::spawn(report_health(
+        cluster.watch_role(),
+        health_reporter,
+        ready_tx,
+        stop.clone(),
+    ));
+
+    let admin_state = hearth_sdk::ops::AdminState {
+        registry: Arc::new(registry),
+        ready: ready_rx,
+    };
+    let admin_stop = stop.clone();
+    let admin_server = tokio::spawn(hearth_sdk::ops::serve_admin(
+        admin,
+        admin_state,
+        axum::Router::new(),
+        async move { admin_stop.cancelled().await },
+    ));
+
+    let grpc_stop = stop.clone();
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(SessionsServer::new(api::sessions::SessionsService::new(cluster.clone())))
+        .add_service(TemplatesServer::new(api::templates::TemplatesService::new(cluster.clone())))
+        .add_service(AdminServer::new(api::admin::AdminService::new(cluster.clone())))
+        .add_service(NodeAgentServer::new(api::node_agent::NodeAgentService::new(cluster.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            grpc_stop.cancelled().await
+        });
+    let server = tokio::spawn(server);
+
+    shutdown.await;
+    tracing::info!("shutting down: closing streams and resigning leadership");
+    stop.cancel();
+    // Resign before the server finishes, so a standby takes over as soon as possible.
+    let _ = election.await;
+    let _ = liveness.await;
+    let _ = health.await;
+    server.await?.context("gRPC server failed")?;
+    admin_server.await?.context("admin HTTP server failed")?;
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+/// Health follows the role: SERVING only on the leader, so load balancers and `/ready`
+/// send traffic to it and not to standbys.
+async fn report_health(
+    mut role: watch::Receiver<Role>,
+    reporter: tonic_health::server::HealthReporter,
+    ready: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let leading = matches!(*role.borrow_and_update(), Role::Leader(_));
+        let status = if leading {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+        for service in SERVICES {
+            reporter.set_service_status(service, status).await;
+        }
+        ready.send_replace(leading);
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                return;
+            }
+            changed = role.changed() => if changed.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! `hearth.v1.NodeAgent.Connect`: the one stream per GPU host.
+//!
+//! The agent's first message must be `Hello`; the broker checks it, records the node and
+//! answers `Welcome`. After that every agent message counts as a heartbeat. Messages to the
+//! agent go through a bounded outbox: a sender that finds it full waits (backpressure), and
+//! the whole stream closes when the agent goes away, a newer stream of the same node
+//! replaces it, leadership is lost, or the broker shuts down.
+
+use std::sync::Arc;
+
+use hearth_sdk::proto::v1::{
+    AgentMessage, BrokerMessage, Welcome, agent_message, broker_message, node_agent_server::NodeAgent,
+};
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::BoxStream;
+use crate::{
+    cluster::{Cluster, LeaderState},
+    convert,
+    error::Error,
+    nodes::Connection,
+};
+
+/// Messages queued to one agent before senders wait.
+pub const OUTBOX: usize = 256;
+
+/// The NodeAgent service.
+pub struct NodeAgentService {
+    cluster: Arc<Cluster>,
+}
+
+impl NodeAgentService {
+    /// A service over the shared state.
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self { cluster }
+    }
+
+    async fn accept(
+        &self,
+        inbound: &mut Streaming<AgentMessage>,
+    ) -> Result<(LeaderState, convert::CheckedHello), Status> {
+        let leader = self.cluster.require_leader().await?;
+        let first = tokio::time::timeout(self.cluster.config.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no Hello within hello_timeout ({})",
+                    humantime::format_duration(self.cluster.config.hello_timeout)
+                ))
+            })??;
+        let hello = match first.and_then(|m| m.msg) {
+            Some(agent_message::Msg::Hello(hello)) => hello,
+            Some(_) => {
+                return Err(Error::invalid("msg", "the first message on a stream must be Hello").into());
+            }
+            None => return Err(Status::cancelled("the agent closed its stream before Hello")),
+        };
+        Ok((leader, convert::hello(hello)?))
+    }
+}
+
+#[tonic::async_trait]
+impl NodeAgent for NodeAgentService {
+    type ConnectStream = BoxStream<BrokerMessage>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (leader, hello) = match self.accept(&mut inbound).await {
+            Ok(accepted) => accepted,
+            Err(status) => {
+                self.cluster.metrics.agent_streams_refused_total.inc();
+                tracing::info!(code = ?status.code(), "refused an agent stream: {}", status.message());
+                return Err(status);
+            }
+        };
+        let node_id = hello.node_id.clone();
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let connection = self.cluster.nodes.connect(&leader, hello, tx.clone()).await?;
+        let welcome = BrokerMessage {
+            msg: Some(broker_message::Msg::Welcome(Welcome {
+                epoch: leader.epoch,
+                broker_id: self.cluster.broker_id.clone(),
+                telemetry_interval: Some(hearth_sdk::time::duration(
+                    self.cluster.config.liveness.telemetry_interval,
+                )),
+                suspect_after: Some(hearth_sdk::time::duration(
+                    self.cluster.config.liveness.suspect_after,
+                )),
+            })),
+        };
+        // The outbox is empty and its receiver is alive: this cannot fail or wait.
+        let _ = tx.try_send(welcome);
+        drop(tx);
+        self.cluster.metrics.agent_streams.inc();
+        tokio::spawn(serve(self.cluster.clone(), leader, node_id, connection, inbound));
+        let outbound = ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+/// Reads the agent's messages until the stream must end, then forgets the stream.
+async fn serve(
+    cluster: Arc<Cluster>,
+    leader: LeaderState,
+    node_id: String,
+    connection: Connection,
+    mut inbound: Streaming<AgentMessage>,
+) {
+    let why = loop {
+        let message = tokio::select! {
+            _ = connection.closed.cancelled() => break "closed by the broker (replaced, standby or shutdown)".to_owned(),
+            m = inbound.message() => m,
+        };
+        let message = match message {
+            Ok(Some(m)) => m,
+            Ok(None) => break "the agent closed the stream".to_owned(),
+            Err(status) => break format!("stream error: {}", status.message()),
+        };
+        let telemetry = match message.msg {
+            Some(agent_message::Msg::Telemetry(t)) => Some(t),
+            Some(agent_message::Msg::Hello(_)) => {
+                tracing::warn!(node_id, "ignoring a second Hello on one stream");
+                None
+            }
+            Some(other) => {
+                tracing::debug!(node_id, message = ?other, "agent message not handled by this broker version");
+                None
+            }
+            None => None,
+        };
+        if let Err(e) = cluster.nodes.heard(&leader, &node_id, connection.id, telemetry).await {
+            break format!("cannot record the node: {e}");
+        }
+    };
+    tracing::info!(node_id, connection = connection.id, "agent stream ended: {why}");
+    // Dropping the registry's sender (and ours) ends the outbound stream.
+    connection.closed.cancel();
+    cluster.nodes.disconnected(&node_id, connection.id);
+    cluster.metrics.agent_streams.dec();
+}

@@ -1,0 +1,176 @@
+//! The broker's shared state: config, store, role (leader or standby), nodes and events.
+//! Every gRPC service holds an `Arc<Cluster>`.
+
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    error::{Error, Result},
+    events::Events,
+    metrics::Metrics,
+    nodes::Nodes,
+    store::{LeaderInfo, Leadership, Store},
+};
+
+/// What this broker is right now.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// Not leading: every hearth.v1 RPC but `GetClusterInfo` is refused with the
+    /// leader's address.
+    Standby,
+    /// Leading with this epoch.
+    Leader(LeaderState),
+}
+
+/// What a leader needs to act: its epoch for fencing, and the token that says it lost.
+#[derive(Clone, Debug)]
+pub struct LeaderState {
+    /// The leader key's create revision.
+    pub epoch: i64,
+    /// When this broker became leader (wall clock, for display).
+    pub since: SystemTime,
+    /// The same moment on the monotonic clock, for grace periods.
+    pub since_instant: Instant,
+    /// Cancelled when leadership is lost; everything leader-only stops then.
+    pub lost: CancellationToken,
+}
+
+impl LeaderState {
+    /// Gives leadership up at once, such as when a fenced write failed: someone else has
+    /// taken over and this broker must stop acting as leader.
+    pub fn depose(&self) {
+        self.lost.cancel();
+    }
+}
+
+/// The broker's shared state.
+pub struct Cluster {
+    /// Validated configuration.
+    pub config: Config,
+    /// This broker's id.
+    pub broker_id: String,
+    /// The URL handed out to reach this broker.
+    pub advertise_url: String,
+    /// Persistent state.
+    pub store: Arc<dyn Store>,
+    /// Known nodes and their agent streams.
+    pub nodes: Nodes,
+    /// Cluster events.
+    pub events: Arc<Events>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+    role: watch::Sender<Role>,
+}
+
+impl Cluster {
+    /// Shared state for a broker that starts as a standby.
+    pub fn new(
+        config: Config,
+        advertise_url: String,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let events = Arc::new(Events::new(metrics.clone()));
+        let nodes = Nodes::new(
+            store.clone(),
+            events.clone(),
+            metrics.clone(),
+            config.liveness.clone(),
+        );
+        Self {
+            broker_id: config.broker_id(),
+            advertise_url,
+            config,
+            store,
+            nodes,
+            events,
+            metrics,
+            shutdown,
+            role: watch::Sender::new(Role::Standby),
+        }
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role.borrow().clone()
+    }
+
+    /// Follows role changes (for health reporting).
+    pub fn watch_role(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
+    /// The leader state, or `NotLeader` naming whoever leads.
+    pub async fn require_leader(&self) -> Result<LeaderState> {
+        match self.role() {
+            Role::Leader(state) if !state.lost.is_cancelled() => Ok(state),
+            _ => Err(Error::NotLeader {
+                leader: self.leader_info().await,
+            }),
+        }
+    }
+
+    /// Who leads, as far as the store says (None if unknown or unreachable).
+    pub async fn leader_info(&self) -> Option<LeaderInfo> {
+        match self.store.leader().await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the leader key");
+                None
+            }
+        }
+    }
+
+    /// Takes up leadership: loads nodes from the store, then starts acting as leader.
+    pub async fn become_leader(&self, leadership: &Leadership) -> Result<()> {
+        let state = LeaderState {
+            epoch: leadership.epoch,
+            since: SystemTime::now(),
+            since_instant: Instant::now(),
+            lost: leadership.lost.clone(),
+        };
+        self.nodes.load(&state).await?;
+        self.metrics.is_leader.set(1);
+        self.metrics.epoch.set(state.epoch);
+        self.metrics.leader_elections_total.inc();
+        self.events.emit(
+            "broker.leader",
+            "",
+            "",
+            format!(
+                "broker {} is leader with epoch {} (store: {})",
+                self.broker_id,
+                state.epoch,
+                self.store.kind()
+            ),
+        );
+        self.role.send_replace(Role::Leader(state));
+        Ok(())
+    }
+
+    /// Stops acting as leader: agent streams close and in-memory node state is dropped
+    /// (the store keeps the records; the next leader reloads them).
+    pub fn become_standby(&self, why: &str) {
+        if let Role::Leader(state) = self.role.send_replace(Role::Standby) {
+            state.lost.cancel();
+            self.events.emit(
+                "broker.standby",
+                "",
+                "",
+                format!("broker {} stopped leading: {why}", self.broker_id),
+            );
+        }
+        self.nodes.clear();
+        self.metrics.is_leader.set(0);
+        self.metrics.epoch.set(0);
+    }
+}

@@ -1,0 +1,90 @@
+//! Leader election and the leader-only background work.
+//!
+//! The broker campaigns in the store; on winning it loads the node records and starts
+//! acting as leader (agent streams, liveness, fenced writes). When its leadership is lost
+//! (the lease lapsed, or a fenced write found another leader) it drops to standby at once
+//! and campaigns again. On shutdown it resigns, so a standby takes over without waiting
+//! for the lease to lapse.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Cluster, Role};
+
+/// Pause after a failed campaign or take-over before trying again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Campaigns, leads and campaigns again until `shutdown`.
+pub async fn run(cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    let ttl = cluster.config.store.leader_ttl;
+    loop {
+        let campaign = cluster
+            .store
+            .campaign(&cluster.broker_id, &cluster.advertise_url, ttl);
+        let leadership = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = campaign => r,
+        };
+        let leadership = match leadership {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "campaign failed; retrying");
+                if sleep_or_shutdown(RETRY, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = cluster.become_leader(&leadership).await {
+            tracing::warn!(error = %e, "could not take over as leader; resigning and retrying");
+            let _ = cluster.store.resign(&leadership).await;
+            cluster.become_standby("take-over failed");
+            if sleep_or_shutdown(RETRY, &shutdown).await {
+                return;
+            }
+            continue;
+        }
+        tracing::info!(epoch = leadership.epoch, "leading");
+        tokio::select! {
+            _ = leadership.lost.cancelled() => {
+                tracing::warn!(epoch = leadership.epoch, "leadership lost; now a standby");
+                cluster.become_standby("leadership lost");
+            }
+            _ = shutdown.cancelled() => {
+                cluster.become_standby("shutting down");
+                if let Err(e) = cluster.store.resign(&leadership).await {
+                    tracing::warn!(error = %e, "could not resign; a standby takes over once the lease lapses");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Runs the liveness checks while this broker leads.
+pub async fn check_liveness(cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    let period = (cluster.config.liveness.suspect_after / 20)
+        .clamp(Duration::from_millis(20), Duration::from_millis(500));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Role::Leader(leader) = cluster.role()
+            && let Err(e) = cluster.nodes.check_liveness(&leader).await
+        {
+            tracing::warn!(error = %e, "liveness check could not record a change");
+        }
+    }
+}
+
+/// Sleeps; true if shutdown came first.
+async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

@@ -1,0 +1,79 @@
+//! The broker's Prometheus metrics, served at `/metrics` on the admin port.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+/// Label for per-state node gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// Node state, lower case ("ready", "suspect", ...).
+    pub state: String,
+}
+
+/// Every metric the broker exports. Cloning shares the same series.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// 1 while this broker leads.
+    pub is_leader: Gauge,
+    /// The leader epoch held (0 on a standby).
+    pub epoch: Gauge,
+    /// Times this broker became leader.
+    pub leader_elections_total: Counter,
+    /// Nodes by liveness state.
+    pub nodes: Family<StateLabel, Gauge>,
+    /// Agent streams open now.
+    pub agent_streams: Gauge,
+    /// Agent streams refused (standby, bad Hello).
+    pub agent_streams_refused_total: Counter,
+    /// Telemetry samples received.
+    pub telemetry_received_total: Counter,
+    /// Writes to the store.
+    pub store_writes_total: Counter,
+    /// Store writes that failed (unreachable, or fenced out).
+    pub store_write_failures_total: Counter,
+    /// Events recorded.
+    pub events_total: Counter,
+    /// Events that slow watchers missed.
+    pub events_dropped_total: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric under the `hearth_broker` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("hearth_broker");
+        r.register("is_leader", "1 while this broker leads", self.is_leader.clone());
+        r.register("epoch", "Leader epoch held (0 on a standby)", self.epoch.clone());
+        r.register(
+            "leader_elections",
+            "Times this broker became leader",
+            self.leader_elections_total.clone(),
+        );
+        r.register("nodes", "Nodes by liveness state", self.nodes.clone());
+        r.register("agent_streams", "Agent streams open now", self.agent_streams.clone());
+        r.register(
+            "agent_streams_refused",
+            "Agent streams refused (standby or bad Hello)",
+            self.agent_streams_refused_total.clone(),
+        );
+        r.register(
+            "telemetry_received",
+            "Telemetry samples received from agents",
+            self.telemetry_received_total.clone(),
+        );
+        r.register("store_writes", "Writes to the store", self.store_writes_total.clone());
+        r.register(
+            "store_write_failures",
+            "Store writes that failed or were fenced out",
+            self.store_write_failures_total.clone(),
+        );
+        r.register("events", "Cluster events recorded", self.events_total.clone());
+        r.register(
+            "events_dropped",
+            "Events that slow WatchEvents readers missed",
+            self.events_dropped_total.clone(),
+        );
+    }
+}
