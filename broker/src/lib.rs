@@ -51,6 +51,10 @@ use crate::{
     store::{EmbeddedStore, EtcdStore, Store},
 };
 
+/// How long in-flight requests get to finish after shutdown begins; after that the
+/// broker exits anyway, so one stuck client cannot hold a restart up.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Every hearth.v1 service, for health reporting.
 const SERVICES: [&str; 4] = [
     "hearth.v1.Sessions",
@@ -139,12 +143,13 @@ pub async fn run(
         ready: ready_rx,
     };
     let admin_stop = stop.clone();
-    let admin_server = tokio::spawn(hearth_sdk::ops::serve_admin(
-        admin,
-        admin_state,
-        axum::Router::new(),
-        async move { admin_stop.cancelled().await },
-    ));
+    let admin_server = tokio::spawn(async move {
+        hearth_sdk::ops::serve_admin(admin, admin_state, axum::Router::new(), async move {
+            admin_stop.cancelled().await
+        })
+        .await
+        .map_err(anyhow::Error::from)
+    });
 
     let grpc_stop = stop.clone();
     let server = tonic::transport::Server::builder()
@@ -160,7 +165,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
             grpc_stop.cancelled().await
         });
-    let server = tokio::spawn(server);
+    let server = tokio::spawn(async move { server.await.map_err(anyhow::Error::from) });
 
     shutdown.await;
     tracing::info!("shutting down: closing streams and resigning leadership");
@@ -169,8 +174,16 @@ pub async fn run(
     let _ = election.await;
     let _ = liveness.await;
     let _ = health.await;
-    server.await?.context("gRPC server failed")?;
-    admin_server.await?.context("admin HTTP server failed")?;
+    for (name, task) in [("gRPC server", server), ("admin HTTP server", admin_server)] {
+        let abort = task.abort_handle();
+        match tokio::time::timeout(SHUTDOWN_GRACE, task).await {
+            Ok(joined) => joined?.with_context(|| format!("{name} failed"))?,
+            Err(_) => {
+                tracing::warn!("{name} still had open connections after {SHUTDOWN_GRACE:?}; closing them");
+                abort.abort();
+            }
+        }
+    }
     tracing::info!("broker stopped");
     Ok(())
 }
