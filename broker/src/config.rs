@@ -165,7 +165,10 @@ impl Config {
         }
         let l = &self.liveness;
         if l.telemetry_interval.is_zero() {
-            return Err(invalid("liveness.telemetry_interval", "must be more than 0"));
+            return Err(invalid(
+                "liveness.telemetry_interval",
+                "must be more than 0",
+            ));
         }
         if l.suspect_after <= l.telemetry_interval {
             return Err(invalid(
@@ -225,8 +228,7 @@ impl Config {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
     }
 
     /// Defaults, then `--config` file, then env and flags (clap applies `HEARTH_*` env
@@ -269,7 +271,7 @@ pub struct Args {
     /// TOML config file (see deploy/config/broker.toml). Flags and HEARTH_* env override it.
     #[arg(long, env = "HEARTH_CONFIG")]
     pub config: Option<PathBuf>,
-    /// This broker's id among brokers sharing a store [default: <host>-<port>].
+    /// This broker's id among brokers sharing a store [default: HOST-PORT].
     #[arg(long, env = "HEARTH_BROKER_ID")]
     pub broker_id: Option<String>,
     /// gRPC listen address for clients and agents [default: 127.0.0.1:7700].
@@ -278,7 +280,7 @@ pub struct Args {
     /// Admin HTTP listen address: /live, /ready, /metrics [default: 127.0.0.1:7701].
     #[arg(long, env = "HEARTH_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
-    /// URL that standbys hand out to reach this broker when it leads [default: http://<grpc-addr>].
+    /// URL that standbys hand out to reach this broker when it leads [default: http://GRPC_ADDR].
     #[arg(long, env = "HEARTH_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
     /// etcd endpoints, comma-separated (http://host:port,...). Unset: the embedded store.
@@ -373,12 +375,17 @@ mod tests {
 
     #[test]
     fn flags_beat_the_file() {
-        let mut c: Config = toml::from_str(
-            "grpc_addr = \"127.0.0.1:9000\"\n[liveness]\nsuspect_after = \"7s\"\n",
-        )
-        .unwrap();
+        let mut c: Config =
+            toml::from_str("grpc_addr = \"127.0.0.1:9000\"\n[liveness]\nsuspect_after = \"7s\"\n")
+                .unwrap();
         assert_eq!(c.liveness.suspect_after, Duration::from_secs(7));
-        let args = Args::parse_from(["hearth-broker", "--grpc-addr", "127.0.0.1:9100", "--etcd", "http://a:1,http://b:2"]);
+        let args = Args::parse_from([
+            "hearth-broker",
+            "--grpc-addr",
+            "127.0.0.1:9100",
+            "--etcd",
+            "http://a:1,http://b:2",
+        ]);
         args.apply(&mut c);
         assert_eq!(c.grpc_addr.port(), 9100);
         assert_eq!(c.store.etcd, vec!["http://a:1", "http://b:2"]);
@@ -389,12 +396,27 @@ mod tests {
     fn errors_name_the_setting() {
         type Breaker = fn(&mut Config);
         let cases: Vec<(Breaker, &str)> = vec![
-            (|c| c.liveness.disconnected_after = Duration::from_secs(1), "liveness.disconnected_after"),
-            (|c| c.liveness.suspect_after = Duration::from_millis(500), "liveness.suspect_after"),
-            (|c| c.liveness.lost_after = Duration::from_secs(15), "liveness.lost_after"),
+            (
+                |c| c.liveness.disconnected_after = Duration::from_secs(1),
+                "liveness.disconnected_after",
+            ),
+            (
+                |c| c.liveness.suspect_after = Duration::from_millis(500),
+                "liveness.suspect_after",
+            ),
+            (
+                |c| c.liveness.lost_after = Duration::from_secs(15),
+                "liveness.lost_after",
+            ),
             (|c| c.store.prefix = "hearth".into(), "store.prefix"),
-            (|c| c.store.etcd = vec!["127.0.0.1:2379".into()], "store.etcd[0]"),
-            (|c| c.store.leader_ttl = Duration::from_millis(100), "store.leader_ttl"),
+            (
+                |c| c.store.etcd = vec!["127.0.0.1:2379".into()],
+                "store.etcd[0]",
+            ),
+            (
+                |c| c.store.leader_ttl = Duration::from_millis(100),
+                "store.leader_ttl",
+            ),
             (|c| c.broker_id = Some("a b".into()), "broker_id"),
         ];
         for (break_it, setting) in cases {

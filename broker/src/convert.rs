@@ -64,7 +64,10 @@ pub fn node_id(field: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
-fn labels(field: &str, labels: &std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+fn labels(
+    field: &str,
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>> {
     if labels.len() > MAX_LABELS {
         return Err(Error::invalid(
             field,
@@ -118,7 +121,10 @@ pub fn hello(h: Hello) -> Result<CheckedHello> {
     let mut seen = HashSet::new();
     for (i, gpu) in h.gpus.iter().enumerate() {
         if gpu.uuid.is_empty() {
-            return Err(Error::invalid(format!("hello.gpus[{i}].uuid"), "must not be empty"));
+            return Err(Error::invalid(
+                format!("hello.gpus[{i}].uuid"),
+                "must not be empty",
+            ));
         }
         if !seen.insert(gpu.uuid.as_str()) {
             return Err(Error::invalid(
@@ -140,7 +146,11 @@ pub fn hello(h: Hello) -> Result<CheckedHello> {
             format!("has {} entries; at most {MAX_LABELS}", h.taints.len()),
         ));
     }
-    if let Some(i) = h.taints.iter().position(|t| t.is_empty() || t.len() > MAX_LABEL_LEN) {
+    if let Some(i) = h
+        .taints
+        .iter()
+        .position(|t| t.is_empty() || t.len() > MAX_LABEL_LEN)
+    {
         return Err(Error::invalid(
             format!("hello.taints[{i}]"),
             format!("must be 1-{MAX_LABEL_LEN} characters"),
@@ -244,12 +254,23 @@ mod tests {
             (|h| h.incarnation.clear(), "hello.incarnation"),
             (|h| h.gpu_source = 0, "hello.gpu_source"),
             (|h| h.gpu_source = 99, "hello.gpu_source"),
-            (|h| h.gpus[1].uuid = "GPU-SIM-a".into(), "hello.gpus[1].uuid"),
+            (
+                |h| h.gpus[1].uuid = "GPU-SIM-a".into(),
+                "hello.gpus[1].uuid",
+            ),
             (|h| h.gpus[0].uuid.clear(), "hello.gpus[0].uuid"),
             (|h| h.gpus[0].simulated = false, "hello.gpus[0].simulated"),
-            (|h| h.gpu_source = GpuSource::Nvml as i32, "hello.gpus[0].simulated"),
+            (
+                |h| h.gpu_source = GpuSource::Nvml as i32,
+                "hello.gpus[0].simulated",
+            ),
             (|h| h.gpu_source = GpuSource::None as i32, "hello.gpus"),
-            (|h| { h.labels.insert(String::new(), "v".into()); }, "hello.labels"),
+            (
+                |h| {
+                    h.labels.insert(String::new(), "v".into());
+                },
+                "hello.labels",
+            ),
             (|h| h.taints = vec![String::new()], "hello.taints[0]"),
         ];
         for (break_it, field) in cases {

@@ -108,7 +108,10 @@ mod tests {
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("b1 at http://127.0.0.1:7700"));
         assert_eq!(
-            status.metadata().get(hearth_sdk::LEADER_METADATA_KEY).unwrap(),
+            status
+                .metadata()
+                .get(hearth_sdk::LEADER_METADATA_KEY)
+                .unwrap(),
             "http://127.0.0.1:7700"
         );
     }
@@ -116,12 +119,27 @@ mod tests {
     #[test]
     fn codes_follow_the_design() {
         let cases = [
-            (Error::invalid("id", "must not be empty"), Code::InvalidArgument),
-            (Error::NotFound { kind: "node", id: "x".into() }, Code::NotFound),
-            (Error::Deposed, Code::Unavailable),
-            (Error::Store(StoreError::Unavailable("down".into())), Code::Unavailable),
             (
-                Error::Unimplemented { rpc: "hearth.v1.Sessions/Exec", what: "sessions" },
+                Error::invalid("id", "must not be empty"),
+                Code::InvalidArgument,
+            ),
+            (
+                Error::NotFound {
+                    kind: "node",
+                    id: "x".into(),
+                },
+                Code::NotFound,
+            ),
+            (Error::Deposed, Code::Unavailable),
+            (
+                Error::Store(StoreError::Unavailable("down".into())),
+                Code::Unavailable,
+            ),
+            (
+                Error::Unimplemented {
+                    rpc: "hearth.v1.Sessions/Exec",
+                    what: "sessions",
+                },
                 Code::Unimplemented,
             ),
         ];

@@ -120,14 +120,19 @@ pub async fn run(
 
     let (ready_tx, ready_rx) = watch::channel(false);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Both reflection versions, because the grpcurl operators run (1.8.x) asks v1alpha;
+    // each lists both so either shows the whole surface.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let election = tokio::spawn(leader::run(cluster.clone(), stop.clone()));
     let liveness = tokio::spawn(leader::check_liveness(cluster.clone(), stop.clone()));
@@ -158,10 +163,18 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(SessionsServer::new(api::sessions::SessionsService::new(cluster.clone())))
-        .add_service(TemplatesServer::new(api::templates::TemplatesService::new(cluster.clone())))
-        .add_service(AdminServer::new(api::admin::AdminService::new(cluster.clone())))
-        .add_service(NodeAgentServer::new(api::node_agent::NodeAgentService::new(cluster.clone())))
+        .add_service(SessionsServer::new(api::sessions::SessionsService::new(
+            cluster.clone(),
+        )))
+        .add_service(TemplatesServer::new(api::templates::TemplatesService::new(
+            cluster.clone(),
+        )))
+        .add_service(AdminServer::new(api::admin::AdminService::new(
+            cluster.clone(),
+        )))
+        .add_service(NodeAgentServer::new(
+            api::node_agent::NodeAgentService::new(cluster.clone()),
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
             grpc_stop.cancelled().await
         });
@@ -179,7 +192,9 @@ pub async fn run(
         match tokio::time::timeout(SHUTDOWN_GRACE, task).await {
             Ok(joined) => joined?.with_context(|| format!("{name} failed"))?,
             Err(_) => {
-                tracing::warn!("{name} still had open connections after {SHUTDOWN_GRACE:?}; closing them");
+                tracing::warn!(
+                    "{name} still had open connections after {SHUTDOWN_GRACE:?}; closing them"
+                );
                 abort.abort();
             }
         }

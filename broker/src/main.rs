@@ -16,7 +16,10 @@ async fn main() -> anyhow::Result<()> {
     hearth_broker::run(config, grpc, admin, shutdown_signal()).await
 }
 
-async fn bind(addr: std::net::SocketAddr, setting: &str) -> anyhow::Result<tokio::net::TcpListener> {
+async fn bind(
+    addr: std::net::SocketAddr,
+    setting: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({setting}): {e}"))

@@ -44,15 +44,27 @@ impl Metrics {
     /// Registers every metric under the `hearth_broker` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("hearth_broker");
-        r.register("is_leader", "1 while this broker leads", self.is_leader.clone());
-        r.register("epoch", "Leader epoch held (0 on a standby)", self.epoch.clone());
+        r.register(
+            "is_leader",
+            "1 while this broker leads",
+            self.is_leader.clone(),
+        );
+        r.register(
+            "epoch",
+            "Leader epoch held (0 on a standby)",
+            self.epoch.clone(),
+        );
         r.register(
             "leader_elections",
             "Times this broker became leader",
             self.leader_elections_total.clone(),
         );
         r.register("nodes", "Nodes by liveness state", self.nodes.clone());
-        r.register("agent_streams", "Agent streams open now", self.agent_streams.clone());
+        r.register(
+            "agent_streams",
+            "Agent streams open now",
+            self.agent_streams.clone(),
+        );
         r.register(
             "agent_streams_refused",
             "Agent streams refused (standby or bad Hello)",
@@ -63,13 +75,21 @@ impl Metrics {
             "Telemetry samples received from agents",
             self.telemetry_received_total.clone(),
         );
-        r.register("store_writes", "Writes to the store", self.store_writes_total.clone());
+        r.register(
+            "store_writes",
+            "Writes to the store",
+            self.store_writes_total.clone(),
+        );
         r.register(
             "store_write_failures",
             "Store writes that failed or were fenced out",
             self.store_write_failures_total.clone(),
         );
-        r.register("events", "Cluster events recorded", self.events_total.clone());
+        r.register(
+            "events",
+            "Cluster events recorded",
+            self.events_total.clone(),
+        );
         r.register(
             "events_dropped",
             "Events that slow WatchEvents readers missed",

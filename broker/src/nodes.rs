@@ -164,7 +164,11 @@ impl Nodes {
                 },
             );
         }
-        tracing::info!(nodes = entries.len(), epoch = leader.epoch, "loaded node records");
+        tracing::info!(
+            nodes = entries.len(),
+            epoch = leader.epoch,
+            "loaded node records"
+        );
         self.update_gauges(&entries);
         Ok(())
     }
@@ -464,9 +468,7 @@ fn set_state(entry: &mut Entry, state: NodeState, now: SystemTime) -> Node {
 fn view(entry: &Entry) -> Node {
     let mut node = entry.node.clone();
     let heard_ago = entry.last_heard.elapsed();
-    node.last_seen_at = Some(hearth_sdk::time::timestamp(
-        SystemTime::now() - heard_ago,
-    ));
+    node.last_seen_at = Some(hearth_sdk::time::timestamp(SystemTime::now() - heard_ago));
     if let Some((t, at)) = &entry.telemetry {
         node.telemetry = Some(t.clone());
         node.telemetry_received_at = Some(hearth_sdk::time::timestamp(*at));

@@ -153,7 +153,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// Another process holds the embedded store's file.
-    #[error("store file {0} is in use by another broker (the embedded store is single-process; use --etcd for several brokers)")]
+    #[error(
+        "store file {0} is in use by another broker (the embedded store is single-process; use --etcd for several brokers)"
+    )]
     Locked(String),
     /// Stored bytes could not be decoded.
     #[error("corrupt record at {key}: {reason}")]

@@ -54,7 +54,12 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `program` with `args`, logging to `log`.
-    pub fn spawn(name: &str, program: PathBuf, args: Vec<String>, log: PathBuf) -> anyhow::Result<Self> {
+    pub fn spawn(
+        name: &str,
+        program: PathBuf,
+        args: Vec<String>,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
         let mut p = Self {
             name: name.to_owned(),
             program,
@@ -129,7 +134,11 @@ impl Proc {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let start = lines.len().saturating_sub(40);
-        format!("--- last lines of {} ---\n{}", self.name, lines[start..].join("\n"))
+        format!(
+            "--- last lines of {} ---\n{}",
+            self.name,
+            lines[start..].join("\n")
+        )
     }
 }
 
@@ -189,7 +198,12 @@ pub struct Agent {
 
 impl Agent {
     /// Starts an agent named `node_id` dialling `brokers`; `extra` adds flags.
-    pub fn spawn(dir: &Path, node_id: &str, brokers: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
+    pub fn spawn(
+        dir: &Path,
+        node_id: &str,
+        brokers: &[&str],
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let admin = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
             "--node-id".to_owned(),

@@ -5,12 +5,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hearth_sdk::proto::v1::{GpuSource, ListNodesRequest, Node, NodeState};
 use hearth_tests::{
-    api, eventually,
+    api,
     etcd::{etcd_or_skip, unique_prefix},
+    eventually,
     process::{Agent, Broker},
 };
 
-const SIM: &[&str] = &["--simulate-gpus", "2", "--simulate-gpu-model", "Simulated H100 80GB"];
+const SIM: &[&str] = &[
+    "--simulate-gpus",
+    "2",
+    "--simulate-gpu-model",
+    "Simulated H100 80GB",
+];
 
 async fn ready_node(url: &str, id: &str, timeout: Duration) -> anyhow::Result<Node> {
     eventually(&format!("node {id} READY on {url}"), timeout, || async {
@@ -43,23 +49,34 @@ async fn embedded_broker_lists_simulated_node_with_fresh_telemetry() -> anyhow::
 
     let node = ready_node(&broker.url, &agent.node_id, Duration::from_secs(20))
         .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", broker.proc.log_tail(), agent.proc.log_tail()))?;
+        .map_err(|e| {
+            anyhow::anyhow!("{e}\n{}\n{}", broker.proc.log_tail(), agent.proc.log_tail())
+        })?;
     assert_eq!(node.gpu_source(), GpuSource::Simulated);
     assert_eq!(node.gpus.len(), 2);
-    assert!(node.gpus.iter().all(|g| g.simulated), "every GPU says simulated");
+    assert!(
+        node.gpus.iter().all(|g| g.simulated),
+        "every GPU says simulated"
+    );
     assert!(node.schedulable);
 
     // Telemetry keeps arriving: a sample newer than 2 s, for every GPU, marked simulated.
-    let node = eventually("a second telemetry sample", Duration::from_secs(5), || async {
-        let n = api::node(&broker.url, &agent.node_id).await?;
-        let received = n
-            .telemetry_received_at
-            .as_ref()
-            .and_then(hearth_sdk::time::system_time)
-            .ok_or_else(|| anyhow::anyhow!("no telemetry_received_at"))?;
-        let age = SystemTime::now().duration_since(received).unwrap_or_default();
-        Ok((age < Duration::from_secs(2)).then_some(n))
-    })
+    let node = eventually(
+        "a second telemetry sample",
+        Duration::from_secs(5),
+        || async {
+            let n = api::node(&broker.url, &agent.node_id).await?;
+            let received = n
+                .telemetry_received_at
+                .as_ref()
+                .and_then(hearth_sdk::time::system_time)
+                .ok_or_else(|| anyhow::anyhow!("no telemetry_received_at"))?;
+            let age = SystemTime::now()
+                .duration_since(received)
+                .unwrap_or_default();
+            Ok((age < Duration::from_secs(2)).then_some(n))
+        },
+    )
     .await?;
     let telemetry = node.telemetry.expect("telemetry");
     assert_eq!(telemetry.gpus.len(), 2);
@@ -72,7 +89,10 @@ async fn embedded_broker_lists_simulated_node_with_fresh_telemetry() -> anyhow::
     let info = api::cluster_info(&broker.url).await?;
     assert!(info.is_leader);
     assert_eq!(info.store, "embedded");
-    assert_eq!((info.nodes_total, info.nodes_ready, info.gpus_total), (1, 1, 2));
+    assert_eq!(
+        (info.nodes_total, info.nodes_ready, info.gpus_total),
+        (1, 1, 2)
+    );
 
     // The agent's /ready follows its link.
     let status = http_status(&agent.admin, "/ready").await?;
@@ -90,36 +110,50 @@ async fn killed_agent_goes_suspect_then_disconnected_then_ready_again() -> anyho
         dir.path(),
         "broker",
         &[
-            "--store-path", &store,
-            "--telemetry-interval", "200ms",
-            "--suspect-after", "1s",
-            "--disconnected-after", "3s",
-            "--lost-after", "1m",
+            "--store-path",
+            &store,
+            "--telemetry-interval",
+            "200ms",
+            "--suspect-after",
+            "1s",
+            "--disconnected-after",
+            "3s",
+            "--lost-after",
+            "1m",
         ],
     )?;
     let mut agent = Agent::spawn(dir.path(), "flaky-node", &[&broker.url], SIM)?;
     ready_node(&broker.url, &agent.node_id, Duration::from_secs(20)).await?;
     // Telemetry every 200 ms keeps it READY well past suspect_after.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(api::node(&broker.url, &agent.node_id).await?.state(), NodeState::Ready);
+    assert_eq!(
+        api::node(&broker.url, &agent.node_id).await?.state(),
+        NodeState::Ready
+    );
 
     agent.proc.kill();
     let killed = Instant::now();
     let suspect_at = std::cell::Cell::new(None);
-    let disconnected_at = eventually("DISCONNECTED after kill -9", Duration::from_secs(15), || {
-        let url = broker.url.clone();
-        let id = agent.node_id.clone();
-        let suspect_at = &suspect_at;
-        async move {
-            let state = api::node(&url, &id).await?.state();
-            if state == NodeState::Suspect && suspect_at.get().is_none() {
-                suspect_at.set(Some(killed.elapsed()));
+    let disconnected_at = eventually(
+        "DISCONNECTED after kill -9",
+        Duration::from_secs(15),
+        || {
+            let url = broker.url.clone();
+            let id = agent.node_id.clone();
+            let suspect_at = &suspect_at;
+            async move {
+                let state = api::node(&url, &id).await?.state();
+                if state == NodeState::Suspect && suspect_at.get().is_none() {
+                    suspect_at.set(Some(killed.elapsed()));
+                }
+                Ok((state == NodeState::Disconnected).then(|| killed.elapsed()))
             }
-            Ok((state == NodeState::Disconnected).then(|| killed.elapsed()))
-        }
-    })
+        },
+    )
     .await?;
-    let suspect_at = suspect_at.get().expect("the node went through SUSPECT before DISCONNECTED");
+    let suspect_at = suspect_at
+        .get()
+        .expect("the node went through SUSPECT before DISCONNECTED");
     // The last heartbeat came up to one interval (200 ms) before the kill; generous upper
     // bounds because this machine is small and shared.
     assert!(
@@ -145,21 +179,32 @@ async fn embedded_broker_restart_keeps_node_records() -> anyhow::Result<()> {
     let mut agent = Agent::spawn(dir.path(), "kept-node", &[&broker.url], SIM)?;
     ready_node(&broker.url, &agent.node_id, Duration::from_secs(20)).await?;
     agent.proc.kill();
-    assert!(broker.proc.terminate(Duration::from_secs(10)).await, "broker exits on SIGTERM");
+    assert!(
+        broker.proc.terminate(Duration::from_secs(10)).await,
+        "broker exits on SIGTERM"
+    );
 
     broker.proc.restart()?;
-    let node = eventually("node record after restart", Duration::from_secs(20), || async {
-        Ok(api::node(&broker.url, "kept-node").await.ok())
-    })
+    let node = eventually(
+        "node record after restart",
+        Duration::from_secs(20),
+        || async { Ok(api::node(&broker.url, "kept-node").await.ok()) },
+    )
     .await?;
     assert_eq!(node.gpus.len(), 2);
-    assert_ne!(node.state(), NodeState::Ready, "nothing heard from it since the restart");
+    assert_ne!(
+        node.state(),
+        NodeState::Ready,
+        "nothing heard from it since the restart"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn etcd_broker_restart_keeps_node_records() -> anyhow::Result<()> {
-    let Some(etcd) = etcd_or_skip().await else { return Ok(()) };
+    let Some(etcd) = etcd_or_skip().await else {
+        return Ok(());
+    };
     let dir = tempfile::tempdir()?;
     let prefix = unique_prefix("restart");
     let endpoint = etcd.endpoint();
@@ -171,9 +216,11 @@ async fn etcd_broker_restart_keeps_node_records() -> anyhow::Result<()> {
     broker.proc.kill();
 
     broker.proc.restart()?;
-    let node = eventually("node record from etcd after restart", Duration::from_secs(20), || async {
-        Ok(api::node(&broker.url, "etcd-node").await.ok())
-    })
+    let node = eventually(
+        "node record from etcd after restart",
+        Duration::from_secs(20),
+        || async { Ok(api::node(&broker.url, "etcd-node").await.ok()) },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", broker.proc.log_tail()))?;
     assert_eq!(node.gpus.len(), 2);
@@ -187,7 +234,9 @@ async fn etcd_broker_restart_keeps_node_records() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn standby_takes_over_within_5s_of_a_leader_kill_and_agents_follow() -> anyhow::Result<()> {
-    let Some(etcd) = etcd_or_skip().await else { return Ok(()) };
+    let Some(etcd) = etcd_or_skip().await else {
+        return Ok(());
+    };
     let dir = tempfile::tempdir()?;
     let prefix = unique_prefix("failover");
     let endpoint = etcd.endpoint();
@@ -203,9 +252,11 @@ async fn standby_takes_over_within_5s_of_a_leader_kill_and_agents_follow() -> an
     ready_node(&a.url, "follower", Duration::from_secs(20)).await?;
 
     // B is a standby: it names A, and refuses leader work with A's address attached.
-    let info = eventually("broker-b up as standby", Duration::from_secs(20), || async {
-        Ok(api::cluster_info(&b.url).await.ok())
-    })
+    let info = eventually(
+        "broker-b up as standby",
+        Duration::from_secs(20),
+        || async { Ok(api::cluster_info(&b.url).await.ok()) },
+    )
     .await?;
     assert!(!info.is_leader);
     assert_eq!(info.leader_id, "broker-a");
@@ -216,7 +267,10 @@ async fn standby_takes_over_within_5s_of_a_leader_kill_and_agents_follow() -> an
         .expect_err("a standby refuses ListNodes");
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     assert_eq!(
-        refused.metadata().get(hearth_sdk::LEADER_METADATA_KEY).map(|v| v.to_str().unwrap()),
+        refused
+            .metadata()
+            .get(hearth_sdk::LEADER_METADATA_KEY)
+            .map(|v| v.to_str().unwrap()),
         Some(a.url.as_str())
     );
 
@@ -229,8 +283,16 @@ async fn standby_takes_over_within_5s_of_a_leader_kill_and_agents_follow() -> an
     .map_err(|e| anyhow::anyhow!("{e}\n{}", b.proc.log_tail()))?;
     let takeover = killed.elapsed();
     eprintln!("failover: broker-b leads {takeover:?} after kill -9 of broker-a");
-    assert!(takeover <= Duration::from_secs(5), "takeover took {takeover:?}");
-    assert!(info.epoch > first.epoch, "a new epoch: {} > {}", info.epoch, first.epoch);
+    assert!(
+        takeover <= Duration::from_secs(5),
+        "takeover took {takeover:?}"
+    );
+    assert!(
+        info.epoch > first.epoch,
+        "a new epoch: {} > {}",
+        info.epoch,
+        first.epoch
+    );
 
     // The agent finds the new leader by itself, and the node record came along.
     let node = ready_node(&b.url, "follower", Duration::from_secs(30))
@@ -243,12 +305,21 @@ async fn standby_takes_over_within_5s_of_a_leader_kill_and_agents_follow() -> an
 
 #[tokio::test]
 async fn a_leader_that_shuts_down_hands_over_at_once() -> anyhow::Result<()> {
-    let Some(etcd) = etcd_or_skip().await else { return Ok(()) };
+    let Some(etcd) = etcd_or_skip().await else {
+        return Ok(());
+    };
     let dir = tempfile::tempdir()?;
     let prefix = unique_prefix("resign");
     let endpoint = etcd.endpoint();
     // A long lease: only resigning can explain a fast hand-over.
-    let flags = ["--etcd", &endpoint, "--etcd-prefix", &prefix, "--leader-ttl", "30s"];
+    let flags = [
+        "--etcd",
+        &endpoint,
+        "--etcd-prefix",
+        &prefix,
+        "--leader-ttl",
+        "30s",
+    ];
     let mut a = Broker::spawn(dir.path(), "broker-a", &flags)?;
     eventually("broker-a leads", Duration::from_secs(20), || async {
         Ok(api::cluster_info(&a.url).await.ok().filter(|i| i.is_leader))
@@ -259,10 +330,16 @@ async fn a_leader_that_shuts_down_hands_over_at_once() -> anyhow::Result<()> {
         Ok(api::cluster_info(&b.url).await.ok())
     })
     .await?;
-    assert!(a.proc.terminate(Duration::from_secs(10)).await, "{}", a.proc.log_tail());
-    eventually("broker-b leads well before the 30s lease lapses", Duration::from_secs(10), || async {
-        Ok(api::cluster_info(&b.url).await.ok().filter(|i| i.is_leader))
-    })
+    assert!(
+        a.proc.terminate(Duration::from_secs(10)).await,
+        "{}",
+        a.proc.log_tail()
+    );
+    eventually(
+        "broker-b leads well before the 30s lease lapses",
+        Duration::from_secs(10),
+        || async { Ok(api::cluster_info(&b.url).await.ok().filter(|i| i.is_leader)) },
+    )
     .await?;
     Ok(())
 }
@@ -270,8 +347,10 @@ async fn a_leader_that_shuts_down_hands_over_at_once() -> anyhow::Result<()> {
 async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
     let status = out

@@ -55,11 +55,19 @@ impl Admin for AdminService {
         Ok(Response::new(self.cluster.nodes.get(id)?))
     }
 
-    async fn cordon_node(&self, request: Request<CordonNodeRequest>) -> Result<Response<Node>, Status> {
+    async fn cordon_node(
+        &self,
+        request: Request<CordonNodeRequest>,
+    ) -> Result<Response<Node>, Status> {
         let id = &request.get_ref().id;
         convert::node_id("id", id)?;
         let leader = self.cluster.require_leader().await?;
-        Ok(Response::new(self.cluster.nodes.set_schedulable(&leader, id, false).await?))
+        Ok(Response::new(
+            self.cluster
+                .nodes
+                .set_schedulable(&leader, id, false)
+                .await?,
+        ))
     }
 
     async fn uncordon_node(
@@ -69,7 +77,12 @@ impl Admin for AdminService {
         let id = &request.get_ref().id;
         convert::node_id("id", id)?;
         let leader = self.cluster.require_leader().await?;
-        Ok(Response::new(self.cluster.nodes.set_schedulable(&leader, id, true).await?))
+        Ok(Response::new(
+            self.cluster
+                .nodes
+                .set_schedulable(&leader, id, true)
+                .await?,
+        ))
     }
 
     async fn drain_node(&self, _: Request<DrainNodeRequest>) -> Result<Response<Node>, Status> {
@@ -154,7 +167,10 @@ impl Admin for AdminService {
                 info.leader_since = Some(hearth_sdk::time::timestamp(leader.since));
                 let nodes = c.nodes.list();
                 info.nodes_total = nodes.len() as u32;
-                info.nodes_ready = nodes.iter().filter(|n| n.state() == NodeState::Ready).count() as u32;
+                info.nodes_ready = nodes
+                    .iter()
+                    .filter(|n| n.state() == NodeState::Ready)
+                    .count() as u32;
                 info.gpus_total = nodes.iter().map(|n| n.gpus.len() as u32).sum();
             }
             Role::Standby => {

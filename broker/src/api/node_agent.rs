@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use hearth_sdk::proto::v1::{
-    AgentMessage, BrokerMessage, Welcome, agent_message, broker_message, node_agent_server::NodeAgent,
+    AgentMessage, BrokerMessage, Welcome, agent_message, broker_message,
+    node_agent_server::NodeAgent,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
@@ -53,9 +54,15 @@ impl NodeAgentService {
         let hello = match first.and_then(|m| m.msg) {
             Some(agent_message::Msg::Hello(hello)) => hello,
             Some(_) => {
-                return Err(Error::invalid("msg", "the first message on a stream must be Hello").into());
+                return Err(
+                    Error::invalid("msg", "the first message on a stream must be Hello").into(),
+                );
             }
-            None => return Err(Status::cancelled("the agent closed its stream before Hello")),
+            None => {
+                return Err(Status::cancelled(
+                    "the agent closed its stream before Hello",
+                ));
+            }
         };
         Ok((leader, convert::hello(hello)?))
     }
@@ -80,7 +87,11 @@ impl NodeAgent for NodeAgentService {
         };
         let node_id = hello.node_id.clone();
         let (tx, rx) = mpsc::channel(OUTBOX);
-        let connection = self.cluster.nodes.connect(&leader, hello, tx.clone()).await?;
+        let connection = self
+            .cluster
+            .nodes
+            .connect(&leader, hello, tx.clone())
+            .await?;
         let welcome = BrokerMessage {
             msg: Some(broker_message::Msg::Welcome(Welcome {
                 epoch: leader.epoch,
@@ -97,7 +108,13 @@ impl NodeAgent for NodeAgentService {
         let _ = tx.try_send(welcome);
         drop(tx);
         self.cluster.metrics.agent_streams.inc();
-        tokio::spawn(serve(self.cluster.clone(), leader, node_id, connection, inbound));
+        tokio::spawn(serve(
+            self.cluster.clone(),
+            leader,
+            node_id,
+            connection,
+            inbound,
+        ));
         let outbound = ReceiverStream::new(rx).map(Ok);
         Ok(Response::new(Box::pin(outbound)))
     }
@@ -133,11 +150,19 @@ async fn serve(
             }
             None => None,
         };
-        if let Err(e) = cluster.nodes.heard(&leader, &node_id, connection.id, telemetry).await {
+        if let Err(e) = cluster
+            .nodes
+            .heard(&leader, &node_id, connection.id, telemetry)
+            .await
+        {
             break format!("cannot record the node: {e}");
         }
     };
-    tracing::info!(node_id, connection = connection.id, "agent stream ended: {why}");
+    tracing::info!(
+        node_id,
+        connection = connection.id,
+        "agent stream ended: {why}"
+    );
     // Dropping the registry's sender (and ours) ends the outbound stream.
     connection.closed.cancel();
     cluster.nodes.disconnected(&node_id, connection.id);

@@ -26,16 +26,21 @@ impl SessionsService {
     pub fn new(cluster: Arc<Cluster>) -> Self {
         Self { cluster }
     }
-
 }
 
 #[tonic::async_trait]
 impl Sessions for SessionsService {
-    async fn create_session(&self, _: Request<CreateSessionRequest>) -> Result<Response<Session>, Status> {
+    async fn create_session(
+        &self,
+        _: Request<CreateSessionRequest>,
+    ) -> Result<Response<Session>, Status> {
         Err(unimplemented(&self.cluster, "hearth.v1.Sessions/CreateSession", WHAT).await)
     }
 
-    async fn get_session(&self, _: Request<GetSessionRequest>) -> Result<Response<Session>, Status> {
+    async fn get_session(
+        &self,
+        _: Request<GetSessionRequest>,
+    ) -> Result<Response<Session>, Status> {
         Err(unimplemented(&self.cluster, "hearth.v1.Sessions/GetSession", WHAT).await)
     }
 
@@ -55,7 +60,10 @@ impl Sessions for SessionsService {
         Err(unimplemented(&self.cluster, "hearth.v1.Sessions/WatchSession", WHAT).await)
     }
 
-    async fn keep_alive(&self, _: Request<KeepAliveRequest>) -> Result<Response<KeepAliveResponse>, Status> {
+    async fn keep_alive(
+        &self,
+        _: Request<KeepAliveRequest>,
+    ) -> Result<Response<KeepAliveResponse>, Status> {
         Err(unimplemented(&self.cluster, "hearth.v1.Sessions/KeepAlive", WHAT).await)
     }
 
@@ -67,19 +75,31 @@ impl Sessions for SessionsService {
 
     type InvokeStream = BoxStream<InvokeResponse>;
 
-    async fn invoke(&self, _: Request<InvokeRequest>) -> Result<Response<Self::InvokeStream>, Status> {
+    async fn invoke(
+        &self,
+        _: Request<InvokeRequest>,
+    ) -> Result<Response<Self::InvokeStream>, Status> {
         Err(unimplemented(&self.cluster, "hearth.v1.Sessions/Invoke", WHAT).await)
     }
 
-    async fn pause_session(&self, _: Request<PauseSessionRequest>) -> Result<Response<Session>, Status> {
+    async fn pause_session(
+        &self,
+        _: Request<PauseSessionRequest>,
+    ) -> Result<Response<Session>, Status> {
         Err(unimplemented(&self.cluster, "hearth.v1.Sessions/PauseSession", WHAT).await)
     }
 
-    async fn resume_session(&self, _: Request<ResumeSessionRequest>) -> Result<Response<Session>, Status> {
+    async fn resume_session(
+        &self,
+        _: Request<ResumeSessionRequest>,
+    ) -> Result<Response<Session>, Status> {
         Err(unimplemented(&self.cluster, "hearth.v1.Sessions/ResumeSession", WHAT).await)
     }
 
-    async fn delete_session(&self, _: Request<DeleteSessionRequest>) -> Result<Response<Session>, Status> {
+    async fn delete_session(
+        &self,
+        _: Request<DeleteSessionRequest>,
+    ) -> Result<Response<Session>, Status> {
         Err(unimplemented(&self.cluster, "hearth.v1.Sessions/DeleteSession", WHAT).await)
     }
 }

@@ -25,16 +25,21 @@ impl TemplatesService {
     pub fn new(cluster: Arc<Cluster>) -> Self {
         Self { cluster }
     }
-
 }
 
 #[tonic::async_trait]
 impl Templates for TemplatesService {
-    async fn create_template(&self, _: Request<CreateTemplateRequest>) -> Result<Response<Template>, Status> {
+    async fn create_template(
+        &self,
+        _: Request<CreateTemplateRequest>,
+    ) -> Result<Response<Template>, Status> {
         Err(unimplemented(&self.cluster, "hearth.v1.Templates/CreateTemplate", WHAT).await)
     }
 
-    async fn get_template(&self, _: Request<GetTemplateRequest>) -> Result<Response<Template>, Status> {
+    async fn get_template(
+        &self,
+        _: Request<GetTemplateRequest>,
+    ) -> Result<Response<Template>, Status> {
         Err(unimplemented(&self.cluster, "hearth.v1.Templates/GetTemplate", WHAT).await)
     }
 
@@ -45,7 +50,10 @@ impl Templates for TemplatesService {
         Err(unimplemented(&self.cluster, "hearth.v1.Templates/ListTemplates", WHAT).await)
     }
 
-    async fn update_template(&self, _: Request<UpdateTemplateRequest>) -> Result<Response<Template>, Status> {
+    async fn update_template(
+        &self,
+        _: Request<UpdateTemplateRequest>,
+    ) -> Result<Response<Template>, Status> {
         Err(unimplemented(&self.cluster, "hearth.v1.Templates/UpdateTemplate", WHAT).await)
     }
 
