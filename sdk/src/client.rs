@@ -37,10 +37,11 @@ impl Client {
     /// Connects to a broker such as `http://127.0.0.1:7700`.
     pub async fn connect(url: impl Into<String>) -> Result<Self, ClientError> {
         let url = url.into();
-        let endpoint = Endpoint::from_shared(url.clone()).map_err(|source| ClientError::InvalidUrl {
-            url: url.clone(),
-            source,
-        })?;
+        let endpoint =
+            Endpoint::from_shared(url.clone()).map_err(|source| ClientError::InvalidUrl {
+                url: url.clone(),
+                source,
+            })?;
         let channel = endpoint
             .connect()
             .await

@@ -3,7 +3,9 @@
 
 use std::{future::Future, sync::Arc};
 
-use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
+use axum::{
+    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
+};
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
 
