@@ -1,1 +1,116 @@
-//! placeholder
+//! Hearth's node agent: one per GPU host.
+//!
+//! The agent dials OUT to the broker (GPU hosts need no inbound port) and keeps exactly one
+//! bidirectional gRPC stream, `NodeAgent.Connect`, open for its whole life. It introduces
+//! itself with `Hello` (node id, a per-process incarnation, labels, GPUs, capacity), then
+//! streams telemetry every interval; any message doubles as the heartbeat the broker uses to
+//! judge liveness. When the stream breaks it reconnects with full-jitter backoff, following a
+//! standby's `hearth-leader` hint to the leader. It remembers the highest leader epoch seen
+//! and refuses commands from lower ones (fencing).
+//!
+//! GPUs come from NVML, or, by explicit opt-in only, from a simulator whose GPUs are marked
+//! simulated everywhere. Without either (or `--no-gpus`) the agent refuses to start.
+//!
+//! This version runs no sessions yet: session commands are answered not-ok, `UNIMPLEMENTED`.
+//!
+//! # Layout
+//! - `config.rs` (+ `config/size.rs`): settings, layered defaults → TOML → `HEARTH_*` →
+//!   flags, and their validation; human byte sizes.
+//! - `link.rs`: the broker stream: dialling, Hello/Welcome, telemetry, command replies,
+//!   leader redirects, epoch fencing.
+//! - `backoff.rs`: full-jitter exponential reconnect delays.
+//! - `gpu.rs`: the [`gpu::GpuInventory`] seam; `gpu/nvml.rs` (real GPUs, raw-reading →
+//!   proto conversion, XID watcher), `gpu/simulated.rs`, `gpu/none.rs` (CPU-only node).
+//! - `host.rs`: CPU and memory capacity.
+//! - `metrics.rs`: Prometheus metrics for `/metrics`.
+//! - `error.rs`: the crate's [`Error`].
+//! - `main.rs`: the thin binary: flags, tracing, admin port, signals, then [`run`].
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod config;
+mod error;
+pub mod gpu;
+mod host;
+mod link;
+mod metrics;
+
+use std::{future::Future, sync::Arc};
+
+use hearth_sdk::ops::{AdminState, serve_admin};
+use prometheus_client::registry::Registry;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::{Error, report};
+
+/// Runs the agent until `shutdown` completes: the broker link, and the admin HTTP server
+/// (`/live`, `/ready` — 200 while a broker stream has reached `Welcome` — and `/metrics`) on
+/// `admin_listener`.
+///
+/// Fails at once, before dialling anything, when `config` is invalid or the GPU source cannot
+/// be opened (no NVML without `--simulate-gpus`/`--no-gpus`). Afterwards it fails only if the
+/// admin server does; broker trouble is logged and retried forever.
+pub async fn run(
+    config: Config,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    config.validate()?;
+    let gpus = gpu::open(&config)?;
+    let inventory = gpus.inventory()?;
+    let source = gpus.source();
+    let incarnation = ulid::Ulid::new().to_string();
+
+    let metrics = metrics::Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    metrics.set_info(&config.node_id, &incarnation, source.as_str_name());
+
+    tracing::info!(
+        node_id = %config.node_id,
+        %incarnation,
+        version = hearth_sdk::VERSION,
+        gpu_source = source.as_str_name(),
+        gpus = inventory.len(),
+        brokers = ?config.broker,
+        admin = ?admin_listener.local_addr().ok(),
+        "hearth-agent starting"
+    );
+
+    let stop = CancellationToken::new();
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let mut admin = tokio::spawn(serve_admin(
+        admin_listener,
+        AdminState {
+            registry: Arc::new(registry),
+            ready: ready_rx,
+        },
+        axum::Router::new(),
+        stop.clone().cancelled_owned(),
+    ));
+    let link = link::Link::new(Arc::new(config), gpus, incarnation, metrics, ready_tx);
+    let link = tokio::spawn(link.run(stop.clone()));
+
+    let admin_ended_early = tokio::select! {
+        () = shutdown => None,
+        ended = &mut admin => Some(ended),
+    };
+    tracing::info!("hearth-agent shutting down");
+    stop.cancel();
+    let early = admin_ended_early.is_some();
+    let admin_result = match admin_ended_early {
+        Some(ended) => ended,
+        None => admin.await,
+    };
+    if let Err(e) = link.await {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    match admin_result {
+        Ok(Ok(())) if !early => Ok(()),
+        Ok(Ok(())) => Err(Error::Admin(std::io::Error::other("stopped unexpectedly"))),
+        Ok(Err(e)) => Err(Error::Admin(e)),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

@@ -1,0 +1,128 @@
+//! The crate's one error type.
+
+use std::{path::PathBuf, time::Duration};
+
+/// Everything that can go wrong in the node agent.
+///
+/// Start-up errors (configuration, GPU source, admin port) end the process with a message an
+/// operator can act on. Link errors never do: the link logs them and reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration failed validation; each problem names its setting.
+    #[error("invalid configuration: {}", .problems.join("; "))]
+    InvalidConfig {
+        /// One line per problem, each starting with the setting's name.
+        problems: Vec<String>,
+    },
+
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {}: {source}", .path.display())]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+
+    /// The `--config` file is not valid TOML for [`crate::Config`].
+    #[error("cannot parse config file {}: {source}", .path.display())]
+    ConfigParse {
+        /// The file.
+        path: PathBuf,
+        /// Why, with the offending key and line.
+        source: Box<toml::de::Error>,
+    },
+
+    /// NVML could not be loaded or initialised, so this host cannot report real GPUs.
+    #[error(
+        "NVML not available (no NVIDIA driver?): {0}; use --simulate-gpus N for a simulated \
+         node, or --no-gpus for a CPU-only node"
+    )]
+    NvmlUnavailable(String),
+
+    /// An NVML call failed while reading the GPUs.
+    #[error("NVML: {what}: {source}")]
+    Nvml {
+        /// What the agent was reading.
+        what: String,
+        /// The NVML error.
+        source: nvml_wrapper::error::NvmlError,
+    },
+
+    /// The admin HTTP server failed.
+    #[error("admin HTTP server: {0}")]
+    Admin(#[source] std::io::Error),
+
+    /// A broker URL could not be turned into a gRPC endpoint.
+    #[error("broker URL {url:?}: {source}")]
+    BrokerUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+
+    /// The TCP/HTTP2 connection to a broker could not be made.
+    #[error("cannot connect to broker: {0}")]
+    Connect(#[source] tonic::transport::Error),
+
+    /// The broker refused or ended the stream with a gRPC status.
+    #[error("broker answered {}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
+
+    /// A standby broker refused the stream and named the leader.
+    #[error("broker is a standby; the leader is {leader}")]
+    NotLeader {
+        /// The leader's URL, from the `hearth-leader` metadata.
+        leader: String,
+    },
+
+    /// No `Welcome` arrived in time after `Hello`.
+    #[error("no Welcome from the broker within hello_timeout ({})", humantime::format_duration(*.0))]
+    HelloTimeout(Duration),
+
+    /// The broker's first message was not `Welcome`.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+
+    /// The broker closed the stream.
+    #[error("broker closed the stream")]
+    StreamClosed,
+}
+
+/// `err` and its causes on one line, skipping a cause whose text the message already shows
+/// (many errors print their source, and some, like tonic's "transport error", print only a
+/// vague summary and keep the useful part in the chain).
+pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_shows_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = Error::ConfigRead {
+            path: "/etc/hearth/agent.toml".into(),
+            source: io,
+        };
+        assert_eq!(
+            report(&err),
+            "cannot read config file /etc/hearth/agent.toml: no such file"
+        );
+        let admin = Error::Admin(std::io::Error::other("address in use"));
+        assert_eq!(report(&admin), "admin HTTP server: address in use");
+    }
+}

@@ -1,0 +1,585 @@
+//! The one stream to the broker (`NodeAgent.Connect`), kept up for the agent's whole life.
+//!
+//! Each attempt: pick a broker URL, open an HTTP/2 channel, send `Hello`, wait for `Welcome`
+//! within `hello_timeout`, then send telemetry every interval while answering the broker's
+//! commands. When the stream fails or ends, the reason is logged and the link sleeps a
+//! full-jitter backoff before the next attempt; the backoff starts over after any stream that
+//! reached `Welcome`.
+//!
+//! Broker choice: round-robin over the configured URLs, except that a standby's refusal
+//! (`UNAVAILABLE` with `hearth-leader: <url>` metadata) makes the leader the next one dialled.
+//!
+//! Mailbox: agent messages go through a bounded channel of [`MAILBOX`] messages. Telemetry
+//! uses `try_send` and is dropped (and counted) when a slow broker leaves the mailbox full:
+//! a fresher sample follows within one interval, and memory never grows. Replies use `send`
+//! and wait, since a lost reply would leave the broker waiting out its own timeout.
+//!
+//! Fencing: the link remembers the highest leader epoch it has seen (for the life of the
+//! process) and answers any command with a lower epoch not-ok, `FAILED_PRECONDITION`.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use hearth_sdk::proto::v1::{
+    AgentMessage, BrokerMessage, CommandMeta, Hello, NodeTelemetry, Reply, Welcome, agent_message,
+    broker_message, node_agent_client::NodeAgentClient,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use crate::{Config, Error, backoff::Backoff, gpu::GpuInventory, host, metrics::Metrics};
+
+/// Messages that may wait for the broker to read them. At 1 Hz telemetry this is a minute of
+/// samples: enough to ride out a pause, small enough to bound memory.
+pub const MAILBOX: usize = 64;
+/// Limit on the TCP (and HTTP/2) connect to one broker.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 keepalive ping period (DESIGN section 4), so a dead peer is noticed within
+/// seconds even when no message is due.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a keepalive ping may go unanswered before the connection counts as dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Floor on a telemetry interval set by the broker, so a bad `Welcome` cannot make a busy
+/// loop.
+pub const MIN_TELEMETRY_INTERVAL: Duration = Duration::from_millis(10);
+/// What commands get until the agent runs sessions.
+pub const UNIMPLEMENTED_MESSAGE: &str = "this agent does not run sessions yet";
+
+/// The state the link carries across reconnects.
+pub struct Link {
+    config: Arc<Config>,
+    gpus: Arc<dyn GpuInventory>,
+    incarnation: String,
+    metrics: Metrics,
+    ready: watch::Sender<bool>,
+    fence: EpochFence,
+    /// True while telemetry samples are being dropped, so the streak is logged once.
+    dropping: bool,
+    /// True while GPU sampling fails, so the streak is logged once.
+    sample_failing: bool,
+}
+
+impl Link {
+    /// A link for this agent process. `incarnation` identifies the process to the broker;
+    /// `ready` follows whether a stream has reached `Welcome`.
+    pub fn new(
+        config: Arc<Config>,
+        gpus: Arc<dyn GpuInventory>,
+        incarnation: String,
+        metrics: Metrics,
+        ready: watch::Sender<bool>,
+    ) -> Self {
+        Self {
+            config,
+            gpus,
+            incarnation,
+            metrics,
+            ready,
+            fence: EpochFence::default(),
+            dropping: false,
+            sample_failing: false,
+        }
+    }
+
+    /// Keeps a stream to the broker up until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(
+            self.config.reconnect_backoff_min,
+            self.config.reconnect_backoff_max,
+        );
+        let mut brokers = BrokerPicker::new(self.config.broker.clone());
+        loop {
+            let url = brokers.next();
+            self.metrics.set_broker(&url);
+            let mut welcomed = false;
+            let reason = tokio::select! {
+                () = shutdown.cancelled() => break,
+                reason = self.session(&url, &mut welcomed) => reason,
+            };
+            self.set_connected(false);
+            if welcomed {
+                backoff.reset();
+            }
+            if let Error::NotLeader { leader } = &reason {
+                brokers.prefer(leader.clone());
+            }
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                broker = %url,
+                error = %crate::report(&reason),
+                retry_in = ?Duration::from_millis(delay.as_millis() as u64),
+                attempt = backoff.attempt(),
+                "broker link down; reconnecting"
+            );
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+            self.metrics.reconnects.inc();
+        }
+        self.set_connected(false);
+        tracing::info!("broker link stopped");
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.ready.send_replace(connected);
+        self.metrics.connected.set(i64::from(connected));
+    }
+
+    /// One stream, from dialling to its end. It only ever ends with the reason it ended.
+    async fn session(&mut self, url: &str, welcomed: &mut bool) -> Error {
+        match self.try_session(url, welcomed).await {
+            Ok(never) => match never {},
+            Err(reason) => reason,
+        }
+    }
+
+    async fn try_session(&mut self, url: &str, welcomed: &mut bool) -> Result<Infallible, Error> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|source| Error::BrokerUrl {
+                url: url.to_owned(),
+                source,
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(Error::Connect)?;
+        let mut client = NodeAgentClient::new(channel);
+
+        let (tx, rx) = mpsc::channel(MAILBOX);
+        let hello = self.hello().await?;
+        tx.send(hello).await.map_err(|_| Error::StreamClosed)?;
+
+        let status_error = |status: tonic::Status| status_to_error(status, url);
+        let hello_timeout = self.config.hello_timeout;
+        let (mut inbound, welcome) = tokio::time::timeout(hello_timeout, async {
+            let mut inbound = client
+                .connect(ReceiverStream::new(rx))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match inbound.next().await {
+                Some(Ok(BrokerMessage {
+                    msg: Some(broker_message::Msg::Welcome(welcome)),
+                })) => Ok((inbound, welcome)),
+                Some(Ok(other)) => Err(Error::Protocol(format!(
+                    "expected Welcome as the broker's first message, got {}",
+                    kind(&other)
+                ))),
+                Some(Err(status)) => Err(status_error(status)),
+                None => Err(Error::StreamClosed),
+            }
+        })
+        .await
+        .map_err(|_| Error::HelloTimeout(hello_timeout))??;
+
+        *welcomed = true;
+        let interval = self.accept_welcome(url, &welcome);
+        self.set_connected(true);
+
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate, so the broker has telemetry right after Welcome.
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.send_telemetry(&tx).await?,
+                message = inbound.next() => match message {
+                    Some(Ok(message)) => self.handle(message, &tx).await?,
+                    Some(Err(status)) => return Err(status_error(status)),
+                    None => return Err(Error::StreamClosed),
+                },
+            }
+        }
+    }
+
+    async fn hello(&self) -> Result<AgentMessage, Error> {
+        let gpus = self.gpus.clone();
+        let inventory = blocking(move || gpus.inventory()).await?;
+        let config = &self.config;
+        Ok(AgentMessage {
+            msg: Some(agent_message::Msg::Hello(Hello {
+                node_id: config.node_id.clone(),
+                incarnation: self.incarnation.clone(),
+                version: hearth_sdk::VERSION.to_owned(),
+                labels: config
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                taints: config.taints.clone(),
+                gpus: inventory,
+                gpu_source: self.gpus.source().into(),
+                capacity: Some(host::capacity()),
+                // No runtime yet: the agent cannot run sessions, so it reports none.
+                runtime: "none".to_owned(),
+                sessions: Vec::new(),
+                highest_epoch: self.fence.highest(),
+            })),
+        })
+    }
+
+    /// Takes in a `Welcome`: records its epoch and returns the telemetry interval to use.
+    fn accept_welcome(&mut self, url: &str, welcome: &Welcome) -> Duration {
+        if self.fence.admit(welcome.epoch).is_err() {
+            // Not a reason to hang up: the broker may still be the leader of a store whose
+            // epochs went backwards. Its commands are refused until its epoch catches up.
+            tracing::warn!(
+                broker = %url,
+                epoch = welcome.epoch,
+                highest_epoch = self.fence.highest(),
+                "broker's epoch is lower than one already seen; its commands will be refused"
+            );
+        }
+        self.metrics.highest_epoch.set(self.fence.highest());
+        let interval = telemetry_interval(welcome, self.config.telemetry_interval);
+        tracing::info!(
+            broker = %url,
+            broker_id = %welcome.broker_id,
+            epoch = welcome.epoch,
+            telemetry_interval = ?interval,
+            "connected to broker"
+        );
+        interval
+    }
+
+    async fn send_telemetry(&mut self, tx: &mpsc::Sender<AgentMessage>) -> Result<(), Error> {
+        let gpus = self.gpus.clone();
+        let gpus = match blocking(move || gpus.sample()).await {
+            Ok(sample) => {
+                if std::mem::take(&mut self.sample_failing) {
+                    tracing::info!("GPU telemetry readable again");
+                }
+                sample
+            }
+            Err(e) => {
+                // Still send the (empty) sample: any message is a heartbeat, and a node
+                // whose GPUs fail must not also look disconnected.
+                self.metrics.telemetry_errors.inc();
+                if !std::mem::replace(&mut self.sample_failing, true) {
+                    tracing::warn!(error = %crate::report(&e), "cannot read GPU telemetry; sending heartbeats without GPU figures");
+                }
+                Vec::new()
+            }
+        };
+        let message = AgentMessage {
+            msg: Some(agent_message::Msg::Telemetry(NodeTelemetry {
+                sampled_at: Some(hearth_sdk::time::now()),
+                gpus,
+                busy_sessions: Vec::new(),
+            })),
+        };
+        match tx.try_send(message) {
+            Ok(()) => {
+                self.metrics.telemetry_sent.inc();
+                if std::mem::take(&mut self.dropping) {
+                    tracing::info!("broker is reading telemetry again");
+                }
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.telemetry_dropped.inc();
+                if !std::mem::replace(&mut self.dropping, true) {
+                    tracing::warn!(
+                        mailbox = MAILBOX,
+                        "broker is not keeping up; dropping telemetry samples"
+                    );
+                }
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::StreamClosed),
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        message: BrokerMessage,
+        tx: &mpsc::Sender<AgentMessage>,
+    ) -> Result<(), Error> {
+        use broker_message::Msg;
+        let meta = match &message.msg {
+            None => return Ok(()),
+            Some(Msg::Welcome(_)) => {
+                tracing::warn!("broker sent a second Welcome on one stream; ignoring it");
+                return Ok(());
+            }
+            Some(Msg::CancelTurn(cancel)) => {
+                tracing::debug!(turn = %cancel.turn_id, "CancelTurn ignored: no turns run here");
+                return Ok(());
+            }
+            Some(Msg::StartSession(c)) => c.meta.as_ref(),
+            Some(Msg::StopSession(c)) => c.meta.as_ref(),
+            Some(Msg::PauseSession(c)) => c.meta.as_ref(),
+            Some(Msg::ResumeSession(c)) => c.meta.as_ref(),
+            Some(Msg::Exec(c)) => c.meta.as_ref(),
+            Some(Msg::Invoke(c)) => c.meta.as_ref(),
+        };
+        let Some(meta) = meta else {
+            tracing::warn!(
+                command = kind(&message),
+                "command without CommandMeta; cannot reply"
+            );
+            return Ok(());
+        };
+        let reply = self.refuse(kind(&message), meta);
+        tx.send(AgentMessage {
+            msg: Some(agent_message::Msg::Reply(reply)),
+        })
+        .await
+        .map_err(|_| Error::StreamClosed)
+    }
+
+    /// The answer to a command while the agent runs no sessions: not-ok, either for a stale
+    /// epoch (fencing) or because it is not implemented.
+    fn refuse(&mut self, kind: &str, meta: &CommandMeta) -> Reply {
+        let (code, message, reason) = match self.fence.admit(meta.epoch) {
+            Err(highest) => (
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "stale leader epoch {}: this agent has seen epoch {highest}",
+                    meta.epoch
+                ),
+                "stale_epoch",
+            ),
+            Ok(()) => (
+                tonic::Code::Unimplemented,
+                UNIMPLEMENTED_MESSAGE.to_owned(),
+                "unimplemented",
+            ),
+        };
+        self.metrics.highest_epoch.set(self.fence.highest());
+        self.metrics.refused(reason);
+        tracing::debug!(command = kind, id = %meta.command_id, epoch = meta.epoch, %message, "refusing command");
+        Reply {
+            command_id: meta.command_id.clone(),
+            ok: false,
+            code: code as i32,
+            message,
+            container_id: String::new(),
+        }
+    }
+}
+
+/// Runs a blocking GPU call off the async workers; a panic inside stays a panic.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// The telemetry interval a `Welcome` asks for, or `fallback` when it sets none (or a
+/// nonsensical one); never below [`MIN_TELEMETRY_INTERVAL`].
+pub fn telemetry_interval(welcome: &Welcome, fallback: Duration) -> Duration {
+    welcome
+        .telemetry_interval
+        .as_ref()
+        .and_then(|d| hearth_sdk::time::std_duration(d, "telemetry_interval").ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(fallback)
+        .max(MIN_TELEMETRY_INTERVAL)
+}
+
+/// A standby's refusal becomes [`Error::NotLeader`]; every other status stays a status.
+fn status_to_error(status: tonic::Status, dialled: &str) -> Error {
+    if status.code() == tonic::Code::Unavailable
+        && let Some(leader) = status
+            .metadata()
+            .get(hearth_sdk::LEADER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|hint| leader_url(hint, dialled))
+    {
+        return Error::NotLeader { leader };
+    }
+    Error::Status(status)
+}
+
+/// The URL to dial for a `hearth-leader` hint. A bare `host:port` takes the scheme of the
+/// URL that was dialled. `None` for an empty or unparsable hint.
+pub fn leader_url(hint: &str, dialled: &str) -> Option<String> {
+    let hint = hint.trim();
+    if hint.is_empty() {
+        return None;
+    }
+    let url = if hint.contains("://") {
+        hint.to_owned()
+    } else {
+        let scheme = dialled.split_once("://").map_or("http", |(s, _)| s);
+        format!("{scheme}://{hint}")
+    };
+    let uri: tonic::codegen::http::Uri = url.parse().ok()?;
+    uri.host()?;
+    Some(url)
+}
+
+/// The name of a broker message's kind, for logs.
+fn kind(message: &BrokerMessage) -> &'static str {
+    use broker_message::Msg;
+    match &message.msg {
+        None => "an empty message",
+        Some(Msg::Welcome(_)) => "Welcome",
+        Some(Msg::StartSession(_)) => "StartSession",
+        Some(Msg::StopSession(_)) => "StopSession",
+        Some(Msg::PauseSession(_)) => "PauseSession",
+        Some(Msg::ResumeSession(_)) => "ResumeSession",
+        Some(Msg::Exec(_)) => "Exec",
+        Some(Msg::Invoke(_)) => "Invoke",
+        Some(Msg::CancelTurn(_)) => "CancelTurn",
+    }
+}
+
+/// Round-robin over the configured brokers, with a one-shot preference for a named leader.
+#[derive(Debug)]
+pub struct BrokerPicker {
+    urls: Vec<String>,
+    next: usize,
+    preferred: Option<String>,
+}
+
+impl BrokerPicker {
+    /// A picker over `urls` (at least one; the configuration guarantees it).
+    pub fn new(urls: Vec<String>) -> Self {
+        Self {
+            urls,
+            next: 0,
+            preferred: None,
+        }
+    }
+
+    /// The URL to dial now.
+    pub fn next(&mut self) -> String {
+        if let Some(url) = self.preferred.take() {
+            return url;
+        }
+        let url = self.urls[self.next % self.urls.len()].clone();
+        self.next = self.next.wrapping_add(1);
+        url
+    }
+
+    /// Makes `url` the next one dialled (a standby named it as the leader).
+    pub fn prefer(&mut self, url: String) {
+        self.preferred = Some(url);
+    }
+}
+
+/// The highest leader epoch seen; lower epochs are refused.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EpochFence {
+    highest: i64,
+}
+
+impl EpochFence {
+    /// The highest epoch admitted so far (0 before any).
+    pub fn highest(&self) -> i64 {
+        self.highest
+    }
+
+    /// Admits `epoch` if it is not lower than the highest seen (raising that), or returns the
+    /// highest seen.
+    pub fn admit(&mut self, epoch: i64) -> Result<(), i64> {
+        if epoch < self.highest {
+            return Err(self.highest);
+        }
+        self.highest = epoch;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fence_refuses_only_lower_epochs() {
+        let mut fence = EpochFence::default();
+        assert_eq!(fence.admit(3), Ok(()));
+        assert_eq!(fence.admit(3), Ok(()), "the same epoch is the same leader");
+        assert_eq!(fence.admit(2), Err(3));
+        assert_eq!(fence.highest(), 3, "a refusal does not lower the fence");
+        assert_eq!(fence.admit(7), Ok(()));
+        assert_eq!(fence.admit(3), Err(7));
+    }
+
+    #[test]
+    fn picker_round_robins_and_honours_a_leader_once() {
+        let mut p = BrokerPicker::new(vec!["http://a".into(), "http://b".into()]);
+        assert_eq!(p.next(), "http://a");
+        assert_eq!(p.next(), "http://b");
+        p.prefer("http://leader".into());
+        assert_eq!(p.next(), "http://leader");
+        assert_eq!(p.next(), "http://a");
+        assert_eq!(p.next(), "http://b");
+        assert_eq!(p.next(), "http://a");
+    }
+
+    #[test]
+    fn leader_hints_become_urls() {
+        assert_eq!(
+            leader_url("http://10.0.0.2:7700", "http://10.0.0.1:7700").as_deref(),
+            Some("http://10.0.0.2:7700")
+        );
+        assert_eq!(
+            leader_url(" 10.0.0.2:7700 ", "http://10.0.0.1:7700").as_deref(),
+            Some("http://10.0.0.2:7700"),
+            "a bare host:port takes the dialled scheme"
+        );
+        assert_eq!(leader_url("", "http://a"), None);
+        assert_eq!(leader_url("http://", "http://a"), None);
+        assert_eq!(leader_url("not a url", "http://a"), None);
+    }
+
+    #[test]
+    fn standby_refusal_names_the_leader() {
+        let mut status = tonic::Status::unavailable("not the leader");
+        status.metadata_mut().insert(
+            hearth_sdk::LEADER_METADATA_KEY,
+            "http://leader:7700".parse().unwrap(),
+        );
+        match status_to_error(status, "http://standby:7700") {
+            Error::NotLeader { leader } => assert_eq!(leader, "http://leader:7700"),
+            other => panic!("{other:?}"),
+        }
+        // UNAVAILABLE without a hint, or another code with one, is just a status.
+        let plain = tonic::Status::unavailable("down");
+        assert!(matches!(
+            status_to_error(plain, "http://a"),
+            Error::Status(_)
+        ));
+        let mut other = tonic::Status::internal("boom");
+        other.metadata_mut().insert(
+            hearth_sdk::LEADER_METADATA_KEY,
+            "http://leader:7700".parse().unwrap(),
+        );
+        assert!(matches!(
+            status_to_error(other, "http://a"),
+            Error::Status(_)
+        ));
+    }
+
+    #[test]
+    fn welcome_interval_wins_unless_missing_or_silly() {
+        let fallback = Duration::from_secs(1);
+        let with = |d: Option<prost_types::Duration>| Welcome {
+            telemetry_interval: d,
+            ..Welcome::default()
+        };
+        let ms = |n| Some(hearth_sdk::time::duration(Duration::from_millis(n)));
+        assert_eq!(telemetry_interval(&with(None), fallback), fallback);
+        assert_eq!(
+            telemetry_interval(&with(ms(250)), fallback),
+            Duration::from_millis(250)
+        );
+        assert_eq!(telemetry_interval(&with(ms(0)), fallback), fallback);
+        assert_eq!(
+            telemetry_interval(&with(ms(1)), fallback),
+            MIN_TELEMETRY_INTERVAL
+        );
+        let negative = Some(prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        });
+        assert_eq!(telemetry_interval(&with(negative), fallback), fallback);
+    }
+}
