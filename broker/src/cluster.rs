@@ -15,7 +15,9 @@ use crate::{
     events::Events,
     metrics::Metrics,
     nodes::Nodes,
+    sessions::Sessions,
     store::{LeaderInfo, Leadership, Store},
+    turns::Turns,
 };
 
 /// What this broker is right now.
@@ -61,6 +63,10 @@ pub struct Cluster {
     pub store: Arc<dyn Store>,
     /// Known nodes and their agent streams.
     pub nodes: Nodes,
+    /// Live sessions.
+    pub sessions: Sessions,
+    /// Commands and turns in flight to agents.
+    pub turns: Arc<Turns>,
     /// Cluster events.
     pub events: Arc<Events>,
     /// Prometheus metrics.
@@ -92,6 +98,8 @@ impl Cluster {
             config,
             store,
             nodes,
+            sessions: Sessions::default(),
+            turns: Arc::new(Turns::new(metrics.clone())),
             events,
             metrics,
             shutdown,
@@ -139,6 +147,7 @@ impl Cluster {
             lost: leadership.lost.clone(),
         };
         self.nodes.load(&state).await?;
+        self.sessions.load(self).await?;
         self.metrics.is_leader.set(1);
         self.metrics.epoch.set(state.epoch);
         self.metrics.leader_elections_total.inc();
@@ -170,6 +179,7 @@ impl Cluster {
             );
         }
         self.nodes.clear();
+        self.sessions.clear();
         self.metrics.is_leader.set(0);
         self.metrics.epoch.set(0);
     }

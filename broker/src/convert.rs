@@ -1,9 +1,15 @@
 //! The proto boundary: incoming messages are checked here, once, and turned into types
 //! the rest of the broker can trust. Every error names the offending field.
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
 
-use hearth_sdk::proto::v1::{Gpu, GpuSource, Hello, Node, NodeCapacity, NodeState};
+use hearth_sdk::proto::v1::{
+    Gpu, GpuSource, Hello, IdleAction, Node, NodeCapacity, NodeState, PlacementStrategy,
+    SessionSpec, SessionState, readiness_probe,
+};
 
 use crate::error::{Error, Result};
 
@@ -39,6 +45,8 @@ pub struct CheckedHello {
     pub runtime: String,
     /// Highest epoch the agent has accepted.
     pub highest_epoch: i64,
+    /// Session workloads running on the node.
+    pub sessions: Vec<hearth_sdk::proto::v1::RunningSession>,
 }
 
 /// Checks a node id: 1-253 characters of letters, digits, '.', '-' and '_'.
@@ -167,6 +175,7 @@ pub fn hello(h: Hello) -> Result<CheckedHello> {
         capacity: h.capacity.unwrap_or_default(),
         runtime: h.runtime,
         highest_epoch: h.highest_epoch,
+        sessions: h.sessions,
     })
 }
 
@@ -293,5 +302,340 @@ mod tests {
             Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "states[1]"),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// Most GPUs one session may ask for.
+pub const MAX_GPUS_PER_SESSION: u32 = 16;
+/// Most env entries, argv entries or ports in a spec.
+pub const MAX_LIST_ENTRIES: usize = 256;
+/// Longest env value or argument.
+pub const MAX_VALUE_LEN: usize = 32 * 1024;
+/// Default idle timeout (DESIGN section 3).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default readiness timeout.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A session spec that passed validation, with defaults filled in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckedSpec {
+    /// The spec as it will be stored and sent to the node (defaults applied).
+    pub spec: SessionSpec,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// What to do when idle.
+    pub idle_action: IdleAction,
+    /// Hard cap on the session's life.
+    pub max_lifetime: Option<Duration>,
+    /// How long the readiness probe may take.
+    pub ready_timeout: Duration,
+}
+
+fn optional_duration(field: &str, d: Option<&prost_types::Duration>) -> Result<Option<Duration>> {
+    d.map(|d| {
+        hearth_sdk::time::std_duration(d, field).map_err(|reason| Error::invalid(field, reason))
+    })
+    .transpose()
+}
+
+fn strings(field: &str, values: &[String]) -> Result<()> {
+    if values.len() > MAX_LIST_ENTRIES {
+        return Err(Error::invalid(
+            field,
+            format!("has {} entries; at most {MAX_LIST_ENTRIES}", values.len()),
+        ));
+    }
+    if let Some(i) = values.iter().position(|v| v.len() > MAX_VALUE_LEN) {
+        return Err(Error::invalid(
+            format!("{field}[{i}]"),
+            format!("is longer than {MAX_VALUE_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an environment map: names are non-empty, without '=' or NUL.
+pub fn env(field: &str, env: &std::collections::HashMap<String, String>) -> Result<()> {
+    if env.len() > MAX_LIST_ENTRIES {
+        return Err(Error::invalid(
+            field,
+            format!("has {} entries; at most {MAX_LIST_ENTRIES}", env.len()),
+        ));
+    }
+    for (k, v) in env {
+        if k.is_empty() || k.contains(['=', '\0']) {
+            return Err(Error::invalid(
+                field,
+                format!("name {k:?} must be non-empty without '=' or NUL"),
+            ));
+        }
+        if v.len() > MAX_VALUE_LEN || v.contains('\0') {
+            return Err(Error::invalid(
+                format!("{field}[{k}]"),
+                format!("must be at most {MAX_VALUE_LEN} bytes without NUL"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a session spec and fills in defaults.
+pub fn session_spec(spec: Option<SessionSpec>) -> Result<CheckedSpec> {
+    let mut spec =
+        spec.ok_or_else(|| Error::invalid("spec", "is required (or give a template)"))?;
+    if spec.image.trim().is_empty() {
+        return Err(Error::invalid(
+            "spec.image",
+            "must name an image (or an executable for the process runtime)",
+        ));
+    }
+    if spec.image.len() > 1024 {
+        return Err(Error::invalid(
+            "spec.image",
+            "is longer than 1024 characters",
+        ));
+    }
+    strings("spec.command", &spec.command)?;
+    env("spec.env", &spec.env)?;
+    let gpus = spec.gpus.get_or_insert_with(Default::default);
+    if gpus.count > MAX_GPUS_PER_SESSION {
+        return Err(Error::invalid(
+            "spec.gpus.count",
+            format!(
+                "{} is more than the {MAX_GPUS_PER_SESSION} GPUs a session may have",
+                gpus.count
+            ),
+        ));
+    }
+    if spec.ports.len() > 64 {
+        return Err(Error::invalid("spec.ports", "at most 64 ports"));
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        if p.port == 0 || p.port > 65535 {
+            return Err(Error::invalid(
+                format!("spec.ports[{i}].port"),
+                format!("{} is not a TCP port (1-65535)", p.port),
+            ));
+        }
+        if !seen.insert(p.port) {
+            return Err(Error::invalid(
+                format!("spec.ports[{i}].port"),
+                format!("{} is listed twice", p.port),
+            ));
+        }
+    }
+    let readiness = spec.readiness.get_or_insert_with(Default::default);
+    let probe_port = match &readiness.check {
+        Some(readiness_probe::Check::TcpPort(p)) => Some(*p),
+        Some(readiness_probe::Check::Http(h)) => Some(h.port),
+        Some(readiness_probe::Check::Exec(e)) => {
+            if e.argv.is_empty() {
+                return Err(Error::invalid(
+                    "spec.readiness.exec.argv",
+                    "must not be empty",
+                ));
+            }
+            strings("spec.readiness.exec.argv", &e.argv)?;
+            None
+        }
+        None => None,
+    };
+    if let Some(port) = probe_port
+        && !spec.ports.iter().any(|p| p.port == port)
+    {
+        return Err(Error::invalid(
+            "spec.readiness",
+            format!("probes port {port}, which is not listed in spec.ports"),
+        ));
+    }
+    let ready_timeout = optional_duration("spec.readiness.timeout", readiness.timeout.as_ref())?
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_READY_TIMEOUT);
+    readiness.timeout = Some(hearth_sdk::time::duration(ready_timeout));
+    let idle_timeout = optional_duration("spec.idle_timeout", spec.idle_timeout.as_ref())?
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    spec.idle_timeout = Some(hearth_sdk::time::duration(idle_timeout));
+    let idle_action = match IdleAction::try_from(spec.idle_action) {
+        Ok(IdleAction::Unspecified) => IdleAction::Pause,
+        Ok(a) => a,
+        Err(_) => {
+            return Err(Error::invalid(
+                "spec.idle_action",
+                format!("{} is not PAUSE, STOP or KEEP", spec.idle_action),
+            ));
+        }
+    };
+    spec.set_idle_action(idle_action);
+    let max_lifetime = optional_duration("spec.max_lifetime", spec.max_lifetime.as_ref())?
+        .filter(|d| !d.is_zero());
+    if let Some(placement) = &spec.placement {
+        labels("spec.placement.node_selector", &placement.node_selector)?;
+        if PlacementStrategy::try_from(placement.strategy).is_err() {
+            return Err(Error::invalid(
+                "spec.placement.strategy",
+                format!("{} is not BINPACK or SPREAD", placement.strategy),
+            ));
+        }
+    }
+    Ok(CheckedSpec {
+        spec,
+        idle_timeout,
+        idle_action,
+        max_lifetime,
+        ready_timeout,
+    })
+}
+
+/// Checks a session id: a ULID as the broker makes them.
+pub fn session_id(field: &str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    ulid::Ulid::from_string(id)
+        .map(|_| ())
+        .map_err(|_| Error::invalid(field, format!("{id:?} is not a session id")))
+}
+
+/// Checks user labels on a session.
+pub fn session_labels(
+    labels_in: &std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>> {
+    labels("labels", labels_in)
+}
+
+/// Checks an idempotency key.
+pub fn request_id(id: &str) -> Result<()> {
+    if id.len() > 128 {
+        return Err(Error::invalid(
+            "request_id",
+            "must be at most 128 characters",
+        ));
+    }
+    if id.contains(['/', '\0']) {
+        return Err(Error::invalid("request_id", "must not contain '/' or NUL"));
+    }
+    Ok(())
+}
+
+/// Parses session-state filters.
+pub fn session_states(field: &str, states: &[i32]) -> Result<Vec<SessionState>> {
+    states
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            SessionState::try_from(*s)
+                .ok()
+                .filter(|s| *s != SessionState::Unspecified)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("{field}[{i}]"),
+                        format!("{s} is not a session state"),
+                    )
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use hearth_sdk::proto::v1::{GpuRequest, HttpProbe, PortSpec, ReadinessProbe};
+
+    use super::*;
+
+    fn good() -> SessionSpec {
+        SessionSpec {
+            image: "hearth-test-worker:latest".into(),
+            ports: vec![PortSpec {
+                port: 8080,
+                name: "http".into(),
+            }],
+            readiness: Some(ReadinessProbe {
+                check: Some(readiness_probe::Check::TcpPort(8080)),
+                ..ReadinessProbe::default()
+            }),
+            gpus: Some(GpuRequest {
+                count: 1,
+                ..GpuRequest::default()
+            }),
+            ..SessionSpec::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let c = session_spec(Some(good())).unwrap();
+        assert_eq!(c.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(c.idle_action, IdleAction::Pause);
+        assert_eq!(c.ready_timeout, DEFAULT_READY_TIMEOUT);
+        assert_eq!(c.max_lifetime, None);
+        assert_eq!(c.spec.idle_action(), IdleAction::Pause);
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        type Breaker = fn(&mut SessionSpec);
+        let cases: Vec<(Breaker, &str)> = vec![
+            (|s| s.image.clear(), "spec.image"),
+            (|s| s.gpus.as_mut().unwrap().count = 99, "spec.gpus.count"),
+            (|s| s.ports[0].port = 70000, "spec.ports[0].port"),
+            (
+                |s| {
+                    s.ports.push(PortSpec {
+                        port: 8080,
+                        name: String::new(),
+                    })
+                },
+                "spec.ports[1].port",
+            ),
+            (
+                |s| {
+                    s.env.insert("A=B".into(), "x".into());
+                },
+                "spec.env",
+            ),
+            (|s| s.idle_action = 42, "spec.idle_action"),
+            (
+                |s| {
+                    s.readiness.as_mut().unwrap().check =
+                        Some(readiness_probe::Check::Http(HttpProbe {
+                            port: 9,
+                            path: "/".into(),
+                        }))
+                },
+                "spec.readiness",
+            ),
+            (
+                |s| {
+                    s.idle_timeout = Some(prost_types::Duration {
+                        seconds: -5,
+                        nanos: 0,
+                    })
+                },
+                "spec.idle_timeout",
+            ),
+        ];
+        for (break_it, field) in cases {
+            let mut s = good();
+            break_it(&mut s);
+            match session_spec(Some(s)) {
+                Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected an error naming {field}, got {other:?}"),
+            }
+        }
+        match session_spec(None) {
+            Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "spec"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_and_request_ids() {
+        assert!(session_id("id", &ulid::Ulid::new().to_string()).is_ok());
+        assert!(session_id("id", "nope").is_err());
+        assert!(request_id("retry-1").is_ok());
+        assert!(request_id("a/b").is_err());
+        assert!(request_id(&"x".repeat(200)).is_err());
     }
 }

@@ -40,6 +40,26 @@ pub enum Error {
         /// What is missing.
         what: &'static str,
     },
+    /// The object is not in a state that allows this.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// No capacity (or over quota).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A node or the workload cannot be reached now; retryable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A wait ran past its deadline.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// A node reported a failure, with its gRPC code.
+    #[error("{message}")]
+    Node {
+        /// The code the node reported.
+        code: Code,
+        /// Its message.
+        message: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -72,6 +92,11 @@ impl From<Error> for Status {
             Error::NotFound { .. } => Code::NotFound,
             Error::NotLeader { .. } | Error::Deposed => Code::Unavailable,
             Error::Unimplemented { .. } => Code::Unimplemented,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Node { code, .. } => *code,
             Error::Store(StoreError::Corrupt { .. }) => Code::Internal,
             Error::Store(_) => Code::Unavailable,
         };

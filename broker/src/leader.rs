@@ -81,6 +81,27 @@ pub async fn check_liveness(cluster: Arc<Cluster>, shutdown: CancellationToken) 
     }
 }
 
+/// Applies idle and lifetime policy to sessions, and flushes their activity, while this
+/// broker leads.
+pub async fn check_sessions(cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_flush = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Role::Leader(leader) = cluster.role() {
+            let flush = last_flush.elapsed() >= crate::sessions::ACTIVITY_FLUSH;
+            if flush {
+                last_flush = tokio::time::Instant::now();
+            }
+            cluster.sessions.check_idle(&cluster, &leader, flush).await;
+        }
+    }
+}
+
 /// Sleeps; true if shutdown came first.
 async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {

@@ -14,6 +14,9 @@
 //! - `leader.rs`: campaign, take over, step down; the leader-only liveness timer.
 //! - `cluster.rs`: shared state every service holds (role, store, nodes, events).
 //! - `nodes.rs`: the node registry, agent streams and liveness transitions.
+//! - `placement.rs`: which node and GPUs a session gets.
+//! - `sessions.rs`: session records, lifecycle, idle policy, GPU allocation.
+//! - `turns.rs`: commands and turns in flight to agents; routing their output back.
 //! - `convert.rs`: the proto boundary; validation that names the field.
 //! - `api.rs` + `api/`: one file per `hearth.v1` gRPC service.
 //! - `events.rs`: the cluster event bus behind `Admin.WatchEvents`.
@@ -30,7 +33,10 @@ pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod nodes;
+pub mod placement;
+pub mod sessions;
 pub mod store;
+pub mod turns;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -136,6 +142,7 @@ pub async fn run(
 
     let election = tokio::spawn(leader::run(cluster.clone(), stop.clone()));
     let liveness = tokio::spawn(leader::check_liveness(cluster.clone(), stop.clone()));
+    let idle = tokio::spawn(leader::check_sessions(cluster.clone(), stop.clone()));
     let health = tokio::spawn(report_health(
         cluster.watch_role(),
         health_reporter,
@@ -186,6 +193,7 @@ pub async fn run(
     // Resign before the server finishes, so a standby takes over as soon as possible.
     let _ = election.await;
     let _ = liveness.await;
+    let _ = idle.await;
     let _ = health.await;
     for (name, task) in [("gRPC server", server), ("admin HTTP server", admin_server)] {
         let abort = task.abort_handle();

@@ -38,6 +38,12 @@ pub struct Metrics {
     pub events_total: Counter,
     /// Events that slow watchers missed.
     pub events_dropped_total: Counter,
+    /// Sessions created.
+    pub sessions_created_total: Counter,
+    /// Turns (Exec and Invoke) routed.
+    pub turns_total: Counter,
+    /// Turns cancelled because their reader stopped reading.
+    pub turns_cancelled_slow_total: Counter,
 }
 
 impl Metrics {
@@ -89,6 +95,21 @@ impl Metrics {
             "events",
             "Cluster events recorded",
             self.events_total.clone(),
+        );
+        r.register(
+            "sessions_created",
+            "Sessions created",
+            self.sessions_created_total.clone(),
+        );
+        r.register(
+            "turns",
+            "Turns (Exec and Invoke) routed",
+            self.turns_total.clone(),
+        );
+        r.register(
+            "turns_cancelled_slow",
+            "Turns cancelled because their reader stopped reading",
+            self.turns_cancelled_slow_total.clone(),
         );
         r.register(
             "events_dropped",

@@ -96,14 +96,20 @@ impl Admin for AdminService {
 
     async fn list_sessions(
         &self,
-        _: Request<AdminListSessionsRequest>,
+        request: Request<AdminListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        Err(unimplemented(
-            &self.cluster,
-            "hearth.v1.Admin/ListSessions",
-            "this broker registers nodes but does not run sessions yet",
-        )
-        .await)
+        let request = request.into_inner();
+        self.cluster.require_leader().await?;
+        let tenant = (!request.tenant.is_empty()).then_some(request.tenant.as_str());
+        let all = self
+            .cluster
+            .sessions
+            .list(tenant)
+            .into_iter()
+            .filter(|s| request.node_id.is_empty() || s.node_id == request.node_id)
+            .collect();
+        let filter = request.filter.unwrap_or_default();
+        Ok(Response::new(super::sessions::page(all, &filter)?))
     }
 
     type WatchEventsStream = BoxStream<Event>;

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use hearth_sdk::proto::v1::{
-    AgentMessage, BrokerMessage, Welcome, agent_message, broker_message,
+    AgentMessage, BrokerMessage, CancelTurn, Welcome, agent_message, broker_message,
     node_agent_server::NodeAgent,
 };
 use tokio::sync::mpsc;
@@ -22,6 +22,7 @@ use crate::{
     convert,
     error::Error,
     nodes::Connection,
+    turns::Routed,
 };
 
 /// Messages queued to one agent before senders wait.
@@ -86,6 +87,7 @@ impl NodeAgent for NodeAgentService {
             }
         };
         let node_id = hello.node_id.clone();
+        let running = hello.sessions.clone();
         let (tx, rx) = mpsc::channel(OUTBOX);
         let connection = self
             .cluster
@@ -108,6 +110,15 @@ impl NodeAgent for NodeAgentService {
         let _ = tx.try_send(welcome);
         drop(tx);
         self.cluster.metrics.agent_streams.inc();
+        // Workloads the node runs that are not live sessions here are removed.
+        let (cluster, reconcile_leader, reconcile_node) =
+            (self.cluster.clone(), leader.clone(), node_id.clone());
+        tokio::spawn(async move {
+            cluster
+                .sessions
+                .reconcile(&cluster, &reconcile_leader, &reconcile_node, running)
+                .await;
+        });
         tokio::spawn(serve(
             self.cluster.clone(),
             leader,
@@ -138,18 +149,45 @@ async fn serve(
             Ok(None) => break "the agent closed the stream".to_owned(),
             Err(status) => break format!("stream error: {}", status.message()),
         };
-        let telemetry = match message.msg {
-            Some(agent_message::Msg::Telemetry(t)) => Some(t),
+        let mut telemetry = None;
+        let routed = match message.msg {
+            Some(agent_message::Msg::Telemetry(t)) => {
+                cluster.sessions.touch_busy(&t.busy_sessions);
+                telemetry = Some(t);
+                Routed::Done
+            }
+            Some(agent_message::Msg::ExecOutput(out)) => match out.response {
+                Some(r) => cluster.turns.on_exec_output(&out.turn_id, r).await,
+                None => Routed::Done,
+            },
+            Some(agent_message::Msg::InvokeChunk(chunk)) => {
+                cluster
+                    .turns
+                    .on_invoke_chunk(&chunk.turn_id, chunk.response, chunk.end)
+                    .await
+            }
+            Some(agent_message::Msg::Reply(reply)) => cluster.turns.on_reply(reply).await,
+            Some(agent_message::Msg::SessionStatus(status)) => {
+                if let Err(e) = cluster
+                    .sessions
+                    .on_status(&cluster, &leader, &node_id, status)
+                    .await
+                {
+                    tracing::warn!(node_id, error = %e, "could not record a session status");
+                }
+                Routed::Done
+            }
             Some(agent_message::Msg::Hello(_)) => {
                 tracing::warn!(node_id, "ignoring a second Hello on one stream");
-                None
+                Routed::Done
             }
-            Some(other) => {
-                tracing::debug!(node_id, message = ?other, "agent message not handled by this broker version");
-                None
-            }
-            None => None,
+            None => Routed::Done,
         };
+        if let Routed::Cancel(turn_id) = routed {
+            let _ = connection.tx.try_send(BrokerMessage {
+                msg: Some(broker_message::Msg::CancelTurn(CancelTurn { turn_id })),
+            });
+        }
         if let Err(e) = cluster
             .nodes
             .heard(&leader, &node_id, connection.id, telemetry)
@@ -166,5 +204,6 @@ async fn serve(
     // Dropping the registry's sender (and ours) ends the outbound stream.
     connection.closed.cancel();
     cluster.nodes.disconnected(&node_id, connection.id);
+    cluster.turns.node_gone(&node_id);
     cluster.metrics.agent_streams.dec();
 }

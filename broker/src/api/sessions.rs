@@ -1,20 +1,34 @@
-//! `hearth.v1.Sessions`. Sessions on real containers are a later capability: until the
-//! broker can place and run them, every RPC answers UNIMPLEMENTED and says so.
+//! `hearth.v1.Sessions`: what agents call. Turns (Exec, Invoke) are routed to the
+//! session's node from memory; only lifecycle changes touch the store.
 
 use std::sync::Arc;
 
 use hearth_sdk::proto::v1::{
-    CreateSessionRequest, DeleteSessionRequest, ExecRequest, ExecResponse, GetSessionRequest,
-    InvokeRequest, InvokeResponse, KeepAliveRequest, KeepAliveResponse, ListSessionsRequest,
-    ListSessionsResponse, PauseSessionRequest, ResumeSessionRequest, Session, SessionEvent,
-    WatchSessionRequest, sessions_server::Sessions,
+    CreateSessionRequest, DeleteSessionRequest, ExecCommand, ExecRequest, ExecResponse,
+    GetSessionRequest, InvokeCommand, InvokeRequest, InvokeResponse, KeepAliveRequest,
+    KeepAliveResponse, ListSessionsRequest, ListSessionsResponse, PauseSessionRequest,
+    ResumeSessionRequest, Session, SessionEvent, SessionState, WatchSessionRequest, broker_message,
+    sessions_server::Sessions,
 };
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
-use super::{BoxStream, unimplemented};
-use crate::cluster::Cluster;
+use super::BoxStream;
+use crate::{
+    cluster::Cluster,
+    convert,
+    error::{Error, Result},
+    sessions::is_terminal,
+};
 
-const WHAT: &str = "this broker registers nodes but does not run sessions yet";
+/// The tenant every request belongs to until authentication assigns real ones.
+pub const DEFAULT_TENANT: &str = "default";
+/// Largest request body an Invoke may carry.
+pub const MAX_INVOKE_BODY: usize = 4 * 1024 * 1024;
+/// Largest stdin an Exec may carry.
+pub const MAX_EXEC_STDIN: usize = 4 * 1024 * 1024;
+/// Default and largest page of ListSessions.
+const PAGE: (u32, u32) = (100, 1000);
 
 /// The Sessions service.
 pub struct SessionsService {
@@ -28,78 +42,447 @@ impl SessionsService {
     }
 }
 
+/// Filters and pages a sorted list of sessions.
+pub fn page(all: Vec<Session>, filter: &ListSessionsRequest) -> Result<ListSessionsResponse> {
+    let states = convert::session_states("states", &filter.states)?;
+    let size = match filter.page_size {
+        0 => PAGE.0,
+        n if n > PAGE.1 => {
+            return Err(Error::invalid(
+                "page_size",
+                format!("{n} is more than {}", PAGE.1),
+            ));
+        }
+        n => n,
+    } as usize;
+    let mut sessions: Vec<Session> = all
+        .into_iter()
+        .filter(|s| filter.page_token.is_empty() || s.id > filter.page_token)
+        .filter(|s| states.is_empty() || states.contains(&s.state()))
+        .filter(|s| {
+            filter
+                .labels
+                .iter()
+                .all(|(k, v)| s.labels.get(k) == Some(v))
+        })
+        .take(size + 1)
+        .collect();
+    let next_page_token = if sessions.len() > size {
+        sessions.truncate(size);
+        sessions.last().map(|s| s.id.clone()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(ListSessionsResponse {
+        sessions,
+        next_page_token,
+    })
+}
+
+fn id_of(field: &str, id: &str) -> Result<()> {
+    convert::session_id(field, id)
+}
+
 #[tonic::async_trait]
 impl Sessions for SessionsService {
     async fn create_session(
         &self,
-        _: Request<CreateSessionRequest>,
+        request: Request<CreateSessionRequest>,
     ) -> Result<Response<Session>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Sessions/CreateSession", WHAT).await)
+        let leader = self.cluster.require_leader().await?;
+        let session = self
+            .cluster
+            .sessions
+            .create(&self.cluster, &leader, DEFAULT_TENANT, request.into_inner())
+            .await?;
+        Ok(Response::new(session))
     }
 
     async fn get_session(
         &self,
-        _: Request<GetSessionRequest>,
+        request: Request<GetSessionRequest>,
     ) -> Result<Response<Session>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Sessions/GetSession", WHAT).await)
+        let id = &request.get_ref().id;
+        id_of("id", id)?;
+        self.cluster.require_leader().await?;
+        Ok(Response::new(
+            self.cluster
+                .sessions
+                .get(&self.cluster, DEFAULT_TENANT, id)
+                .await?,
+        ))
     }
 
     async fn list_sessions(
         &self,
-        _: Request<ListSessionsRequest>,
+        request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Sessions/ListSessions", WHAT).await)
+        self.cluster.require_leader().await?;
+        let all = self.cluster.sessions.list(Some(DEFAULT_TENANT));
+        Ok(Response::new(page(all, request.get_ref())?))
     }
 
     type WatchSessionStream = BoxStream<SessionEvent>;
 
     async fn watch_session(
         &self,
-        _: Request<WatchSessionRequest>,
+        request: Request<WatchSessionRequest>,
     ) -> Result<Response<Self::WatchSessionStream>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Sessions/WatchSession", WHAT).await)
+        let id = &request.get_ref().id;
+        id_of("id", id)?;
+        self.cluster.require_leader().await?;
+        let entry = match self.cluster.sessions.entry(DEFAULT_TENANT, id) {
+            Ok(e) => e,
+            Err(Error::NotFound { .. }) => {
+                // Already ended: one event with its final state.
+                let s = self
+                    .cluster
+                    .sessions
+                    .get(&self.cluster, DEFAULT_TENANT, id)
+                    .await?;
+                let event = SessionEvent {
+                    session_id: s.id.clone(),
+                    time: Some(hearth_sdk::time::now()),
+                    state: s.state,
+                    message: s.state_reason.clone(),
+                };
+                return Ok(Response::new(Box::pin(tokio_stream::once(Ok(event)))));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut changes = entry.subscribe();
+        let shutdown = self.cluster.shutdown.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let event = changes.borrow_and_update().clone();
+                let state = event.state();
+                if tx.send(Ok(event)).await.is_err() || is_terminal(state) {
+                    return;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn keep_alive(
         &self,
-        _: Request<KeepAliveRequest>,
+        request: Request<KeepAliveRequest>,
     ) -> Result<Response<KeepAliveResponse>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Sessions/KeepAlive", WHAT).await)
+        let id = &request.get_ref().id;
+        id_of("id", id)?;
+        self.cluster.require_leader().await?;
+        let s = self.cluster.sessions.keep_alive(DEFAULT_TENANT, id)?;
+        Ok(Response::new(KeepAliveResponse {
+            expires_at: s.expires_at,
+        }))
     }
 
     type ExecStream = BoxStream<ExecResponse>;
 
-    async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<Self::ExecStream>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Sessions/Exec", WHAT).await)
+    async fn exec(
+        &self,
+        request: Request<ExecRequest>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let request = request.into_inner();
+        id_of("session_id", &request.session_id)?;
+        if request.argv.is_empty() || request.argv[0].is_empty() {
+            return Err(Error::invalid("argv", "must name a command").into());
+        }
+        if request.argv.len() > convert::MAX_LIST_ENTRIES {
+            return Err(Error::invalid("argv", "has too many arguments").into());
+        }
+        convert::env("env", &request.env)?;
+        if request.stdin.len() > MAX_EXEC_STDIN {
+            return Err(Error::invalid(
+                "stdin",
+                format!("is {} bytes; at most {MAX_EXEC_STDIN}", request.stdin.len()),
+            )
+            .into());
+        }
+        if let Some(t) = &request.timeout {
+            hearth_sdk::time::std_duration(t, "timeout")
+                .map_err(|r| Error::invalid("timeout", r))?;
+        }
+        let leader = self.cluster.require_leader().await?;
+        let (route, connection) = self
+            .cluster
+            .sessions
+            .route(&self.cluster, &leader, DEFAULT_TENANT, &request.session_id)
+            .await?;
+        let turn_id = ulid::Ulid::new().to_string();
+        let stream = self
+            .cluster
+            .turns
+            .open_exec(&route.node_id, &connection, &turn_id)
+            .with_registry(self.cluster.turns.clone());
+        let command = broker_message::Msg::Exec(ExecCommand {
+            meta: Some(hearth_sdk::proto::v1::CommandMeta {
+                command_id: turn_id.clone(),
+                epoch: leader.epoch,
+                session_id: request.session_id.clone(),
+                generation: route.generation,
+            }),
+            turn_id,
+            request: Some(request),
+        });
+        send_turn(&self.cluster, &connection, command).await?;
+        // The guard rides along with the stream: the session stays busy until it ends.
+        let guard = route.guard;
+        Ok(Response::new(Box::pin(stream.map(move |item| {
+            let _busy = &guard;
+            item
+        }))))
     }
 
     type InvokeStream = BoxStream<InvokeResponse>;
 
     async fn invoke(
         &self,
-        _: Request<InvokeRequest>,
+        request: Request<InvokeRequest>,
     ) -> Result<Response<Self::InvokeStream>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Sessions/Invoke", WHAT).await)
+        let mut request = request.into_inner();
+        id_of("session_id", &request.session_id)?;
+        if request.port == 0 || request.port > 65535 {
+            return Err(
+                Error::invalid("port", format!("{} is not a TCP port", request.port)).into(),
+            );
+        }
+        if request.body.len() > MAX_INVOKE_BODY {
+            return Err(Error::invalid(
+                "body",
+                format!("is {} bytes; at most {MAX_INVOKE_BODY}", request.body.len()),
+            )
+            .into());
+        }
+        if request.method.is_empty() {
+            request.method = "GET".to_owned();
+        }
+        if !request.method.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(Error::invalid(
+                "method",
+                format!("{:?} is not an HTTP method", request.method),
+            )
+            .into());
+        }
+        if request.path.is_empty() {
+            request.path = "/".to_owned();
+        }
+        if !request.path.starts_with('/') {
+            return Err(Error::invalid("path", "must start with '/'").into());
+        }
+        let leader = self.cluster.require_leader().await?;
+        let entry = self
+            .cluster
+            .sessions
+            .entry(DEFAULT_TENANT, &request.session_id)?;
+        let exposed = entry
+            .snapshot()
+            .spec
+            .is_some_and(|s| s.ports.iter().any(|p| p.port == request.port));
+        if !exposed {
+            return Err(Error::invalid(
+                "port",
+                format!(
+                    "{} is not exposed by session {} (spec.ports lists the ports Invoke may use)",
+                    request.port, request.session_id
+                ),
+            )
+            .into());
+        }
+        let (route, connection) = self
+            .cluster
+            .sessions
+            .route(&self.cluster, &leader, DEFAULT_TENANT, &request.session_id)
+            .await?;
+        let turn_id = ulid::Ulid::new().to_string();
+        let stream = self
+            .cluster
+            .turns
+            .open_invoke(&route.node_id, &connection, &turn_id)
+            .with_registry(self.cluster.turns.clone());
+        let command = broker_message::Msg::Invoke(InvokeCommand {
+            meta: Some(hearth_sdk::proto::v1::CommandMeta {
+                command_id: turn_id.clone(),
+                epoch: leader.epoch,
+                session_id: request.session_id.clone(),
+                generation: route.generation,
+            }),
+            turn_id,
+            request: Some(request),
+        });
+        send_turn(&self.cluster, &connection, command).await?;
+        let guard = route.guard;
+        Ok(Response::new(Box::pin(stream.map(move |item| {
+            let _busy = &guard;
+            item
+        }))))
     }
 
     async fn pause_session(
         &self,
-        _: Request<PauseSessionRequest>,
+        request: Request<PauseSessionRequest>,
     ) -> Result<Response<Session>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Sessions/PauseSession", WHAT).await)
+        let id = &request.get_ref().id;
+        id_of("id", id)?;
+        let leader = self.cluster.require_leader().await?;
+        let entry = self.cluster.sessions.entry(DEFAULT_TENANT, id)?;
+        Ok(Response::new(
+            self.cluster
+                .sessions
+                .pause(&self.cluster, &leader, &entry, "paused by request")
+                .await?,
+        ))
     }
 
     async fn resume_session(
         &self,
-        _: Request<ResumeSessionRequest>,
+        request: Request<ResumeSessionRequest>,
     ) -> Result<Response<Session>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Sessions/ResumeSession", WHAT).await)
+        let id = &request.get_ref().id;
+        id_of("id", id)?;
+        let leader = self.cluster.require_leader().await?;
+        let entry = self.cluster.sessions.entry(DEFAULT_TENANT, id)?;
+        Ok(Response::new(
+            self.cluster
+                .sessions
+                .resume(&self.cluster, &leader, &entry, "resumed by request")
+                .await?,
+        ))
     }
 
     async fn delete_session(
         &self,
-        _: Request<DeleteSessionRequest>,
+        request: Request<DeleteSessionRequest>,
     ) -> Result<Response<Session>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Sessions/DeleteSession", WHAT).await)
+        let id = &request.get_ref().id;
+        id_of("id", id)?;
+        let leader = self.cluster.require_leader().await?;
+        match self.cluster.sessions.entry(DEFAULT_TENANT, id) {
+            Ok(entry) => Ok(Response::new(
+                self.cluster
+                    .sessions
+                    .delete(&self.cluster, &leader, &entry, "deleted by request")
+                    .await?,
+            )),
+            // Already ended: deleting again is a no-op that returns the final record.
+            Err(Error::NotFound { .. }) => {
+                let s = self
+                    .cluster
+                    .sessions
+                    .get(&self.cluster, DEFAULT_TENANT, id)
+                    .await?;
+                debug_assert!(is_terminal(s.state()) || s.state() == SessionState::Unspecified);
+                Ok(Response::new(s))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Sends a turn command down the node's stream, waiting for room (backpressure).
+async fn send_turn(
+    cluster: &Cluster,
+    connection: &crate::nodes::Connection,
+    msg: broker_message::Msg,
+) -> Result<()> {
+    cluster.metrics.turns_total.inc();
+    connection
+        .tx
+        .send(hearth_sdk::proto::v1::BrokerMessage { msg: Some(msg) })
+        .await
+        .map_err(|_| {
+            Error::Unavailable(
+                "the session's node disconnected; the turn was not run (retry)".to_owned(),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions(n: usize) -> Vec<Session> {
+        (0..n)
+            .map(|i| {
+                let mut s = Session {
+                    id: format!("{i:03}"),
+                    ..Session::default()
+                };
+                s.set_state(if i % 2 == 0 {
+                    SessionState::Ready
+                } else {
+                    SessionState::Paused
+                });
+                if i % 3 == 0 {
+                    s.labels.insert("team".into(), "a".into());
+                }
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_walk_the_whole_list_in_order() {
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let r = page(
+                sessions(25),
+                &ListSessionsRequest {
+                    page_size: 10,
+                    page_token: token.clone(),
+                    ..ListSessionsRequest::default()
+                },
+            )
+            .unwrap();
+            seen.extend(r.sessions.into_iter().map(|s| s.id));
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            token = r.next_page_token;
+        }
+        assert_eq!(seen, (0..25).map(|i| format!("{i:03}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn filters_by_state_and_label() {
+        let r = page(
+            sessions(12),
+            &ListSessionsRequest {
+                states: vec![SessionState::Paused as i32],
+                labels: [("team".to_owned(), "a".to_owned())].into(),
+                ..ListSessionsRequest::default()
+            },
+        )
+        .unwrap();
+        let ids: Vec<_> = r.sessions.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, vec!["003", "009"]);
+        assert!(
+            page(
+                sessions(1),
+                &ListSessionsRequest {
+                    page_size: 5000,
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            page(
+                sessions(1),
+                &ListSessionsRequest {
+                    states: vec![77],
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
     }
 }

@@ -1,0 +1,990 @@
+//! Sessions: their records, lifecycle (DESIGN section 3) and idle policy.
+//!
+//! The leader keeps every live session in memory, so a turn finds its node and workload
+//! without touching the store. Lifecycle changes are written at once through fenced
+//! transactions; activity (last turn, turns served) is flushed in batches. A session's
+//! record and its GPU allocation keys are created in one transaction that requires the
+//! keys to be absent, so two creates can never book the same GPU.
+//!
+//! Start: PLACED (record and GPUs written) → the node starts the workload (STARTING) →
+//! its readiness probe passes (READY, `cold_starts` = 1). A failed start or probe gives
+//! FAILED with the reason, frees the GPUs and leaves no workload behind. Idle: after
+//! `idle_timeout` without a turn or keep-alive, and with nothing running, `idle_action`
+//! pauses (CPU frozen, VRAM kept) or stops it; the next turn resumes a paused session
+//! transparently, without a new warm-up.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use hearth_sdk::proto::v1::{
+    CommandMeta, CreateSessionRequest, IdleAction, PauseSessionCommand, ResumeSessionCommand,
+    RunningSession, Session, SessionEvent, SessionState, StartSessionCommand, StopSessionCommand,
+    broker_message, create_session_request,
+};
+use prost::Message as _;
+use tokio::sync::watch;
+use tonic::Code;
+
+use crate::{
+    cluster::{Cluster, LeaderState},
+    convert,
+    error::{Error, Result},
+    placement::{self, Allocated},
+    store::{Compare, LEADER_KEY, StoreError, Txn},
+};
+
+/// Key prefix of session records.
+pub const SESSIONS_PREFIX: &str = "sessions/";
+/// Key prefix of GPU allocations.
+pub const GPUS_PREFIX: &str = "gpus/";
+/// How long a node gets to create and start a workload (image unpacking included).
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a node gets to stop, pause or resume a workload.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often activity is flushed to the store.
+pub const ACTIVITY_FLUSH: Duration = Duration::from_secs(5);
+
+fn session_key(id: &str) -> String {
+    format!("{SESSIONS_PREFIX}{id}")
+}
+
+fn gpu_key(node: &str, uuid: &str) -> String {
+    format!("{GPUS_PREFIX}{node}/{uuid}")
+}
+
+fn request_key(tenant: &str, request_id: &str) -> String {
+    format!("requests/{tenant}/{request_id}")
+}
+
+/// True for states a session never leaves.
+pub fn is_terminal(state: SessionState) -> bool {
+    matches!(
+        state,
+        SessionState::Stopped | SessionState::Failed | SessionState::Lost
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One live session.
+pub struct Entry {
+    record: Mutex<Session>,
+    changes: watch::Sender<SessionEvent>,
+    /// Serialises lifecycle transitions (pause, resume, stop) of this session.
+    lifecycle: tokio::sync::Mutex<()>,
+    last_activity: Mutex<Instant>,
+    created: Instant,
+    idle_timeout: Duration,
+    idle_action: IdleAction,
+    max_lifetime: Option<Duration>,
+    inflight: AtomicU32,
+    dirty: AtomicBool,
+}
+
+impl Entry {
+    fn new(record: Session, created: Instant) -> Arc<Self> {
+        let checked = convert::session_spec(record.spec.clone()).ok();
+        let event = event_for(&record, "loaded");
+        Arc::new(Self {
+            idle_timeout: checked
+                .as_ref()
+                .map_or(convert::DEFAULT_IDLE_TIMEOUT, |c| c.idle_timeout),
+            idle_action: checked
+                .as_ref()
+                .map_or(IdleAction::Pause, |c| c.idle_action),
+            max_lifetime: checked.and_then(|c| c.max_lifetime),
+            record: Mutex::new(record),
+            changes: watch::Sender::new(event),
+            lifecycle: tokio::sync::Mutex::new(()),
+            last_activity: Mutex::new(Instant::now()),
+            created,
+            inflight: AtomicU32::new(0),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    /// The record with live fields (activity, idle deadline) filled in.
+    pub fn snapshot(&self) -> Session {
+        let mut s = lock(&self.record).clone();
+        let idle = lock(&self.last_activity).elapsed();
+        let last = SystemTime::now() - idle;
+        s.last_activity_at = Some(hearth_sdk::time::timestamp(last));
+        if s.state() == SessionState::Ready || s.state() == SessionState::Paused {
+            s.expires_at = Some(hearth_sdk::time::timestamp(last + self.idle_timeout));
+        }
+        s
+    }
+
+    /// Follows the session's state changes.
+    pub fn subscribe(&self) -> watch::Receiver<SessionEvent> {
+        self.changes.subscribe()
+    }
+
+    fn state(&self) -> SessionState {
+        lock(&self.record).state()
+    }
+
+    fn touch(&self) {
+        *lock(&self.last_activity) = Instant::now();
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+}
+
+fn event_for(s: &Session, message: &str) -> SessionEvent {
+    SessionEvent {
+        session_id: s.id.clone(),
+        time: Some(hearth_sdk::time::now()),
+        state: s.state,
+        message: message.to_owned(),
+    }
+}
+
+/// A turn in flight; counts as activity and keeps idle handling away until dropped.
+pub struct TurnGuard {
+    entry: Arc<Entry>,
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        self.entry.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.entry.touch();
+    }
+}
+
+/// Where a turn goes.
+pub struct Route {
+    /// The session's node.
+    pub node_id: String,
+    /// The session's generation.
+    pub generation: u64,
+    /// Keeps the session busy until the turn ends.
+    pub guard: TurnGuard,
+}
+
+/// The registry of live sessions.
+#[derive(Default)]
+pub struct Sessions {
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
+    allocated: Mutex<Allocated>,
+}
+
+impl Sessions {
+    /// Loads live sessions and GPU allocations from the store when becoming leader.
+    pub async fn load(&self, cluster: &Cluster) -> Result<()> {
+        let records = cluster.store.list(SESSIONS_PREFIX).await?;
+        let mut entries = HashMap::new();
+        let mut allocated = Allocated::new();
+        for kv in records {
+            let s = Session::decode(kv.value.as_slice()).map_err(|e| StoreError::Corrupt {
+                key: kv.key.clone(),
+                reason: e.to_string(),
+            })?;
+            if is_terminal(s.state()) {
+                continue;
+            }
+            let node = allocated.entry(s.node_id.clone()).or_default();
+            node.extend(s.gpu_uuids.iter().cloned());
+            let age = s
+                .created_at
+                .as_ref()
+                .and_then(hearth_sdk::time::system_time)
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default();
+            let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            entries.insert(s.id.clone(), Entry::new(s, created));
+        }
+        tracing::info!(sessions = entries.len(), "loaded live sessions");
+        *lock(&self.entries) = entries;
+        *lock(&self.allocated) = allocated;
+        Ok(())
+    }
+
+    /// Forgets everything (leadership lost).
+    pub fn clear(&self) {
+        lock(&self.entries).clear();
+        lock(&self.allocated).clear();
+    }
+
+    /// A live session of `tenant`.
+    pub fn entry(&self, tenant: &str, id: &str) -> Result<Arc<Entry>> {
+        lock(&self.entries)
+            .get(id)
+            .filter(|e| lock(&e.record).tenant == tenant)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                kind: "session",
+                id: id.to_owned(),
+            })
+    }
+
+    /// Every live session (tenant `None`: all tenants), ordered by id.
+    pub fn list(&self, tenant: Option<&str>) -> Vec<Session> {
+        let entries: Vec<Arc<Entry>> = lock(&self.entries).values().cloned().collect();
+        let mut out: Vec<Session> = entries
+            .iter()
+            .map(|e| e.snapshot())
+            .filter(|s| tenant.is_none_or(|t| s.tenant == t))
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Reads a session from the store (terminal sessions live only there).
+    pub async fn get(&self, cluster: &Cluster, tenant: &str, id: &str) -> Result<Session> {
+        if let Ok(e) = self.entry(tenant, id) {
+            return Ok(e.snapshot());
+        }
+        let kv = cluster
+            .store
+            .get(&session_key(id))
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                kind: "session",
+                id: id.to_owned(),
+            })?;
+        let s = Session::decode(kv.value.as_slice()).map_err(|e| StoreError::Corrupt {
+            key: kv.key,
+            reason: e.to_string(),
+        })?;
+        if s.tenant != tenant {
+            return Err(Error::NotFound {
+                kind: "session",
+                id: id.to_owned(),
+            });
+        }
+        Ok(s)
+    }
+
+    /// Places and starts a session; waits for READY unless `no_wait`.
+    pub async fn create(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        tenant: &str,
+        request: CreateSessionRequest,
+    ) -> Result<Session> {
+        let spec = match request.source {
+            Some(create_session_request::Source::Spec(spec)) => spec,
+            Some(create_session_request::Source::Template(_)) => {
+                return Err(Error::Unimplemented {
+                    rpc: "hearth.v1.Sessions/CreateSession",
+                    what: "templates are not available yet; pass a spec",
+                });
+            }
+            None => return Err(Error::invalid("spec", "is required (or give a template)")),
+        };
+        let checked = convert::session_spec(Some(spec))?;
+        let labels = convert::session_labels(&request.labels)?;
+        convert::request_id(&request.request_id)?;
+        if !request.request_id.is_empty()
+            && let Some(existing) = self
+                .by_request(cluster, tenant, &request.request_id)
+                .await?
+        {
+            return self
+                .finish_create(cluster, existing, request.no_wait, checked.ready_timeout)
+                .await;
+        }
+
+        let id = ulid::Ulid::new().to_string();
+        let now = SystemTime::now();
+        let mut record = Session {
+            id: id.clone(),
+            tenant: tenant.to_owned(),
+            spec: Some(checked.spec.clone()),
+            labels: labels.into_iter().collect(),
+            generation: 1,
+            created_at: Some(hearth_sdk::time::timestamp(now)),
+            max_deadline: checked
+                .max_lifetime
+                .map(|d| hearth_sdk::time::timestamp(now + d)),
+            ..Session::default()
+        };
+        record.set_state(SessionState::Placed);
+        let gpus = checked.spec.gpus.clone().unwrap_or_default();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let nodes = cluster.nodes.list();
+            let allocated = lock(&self.allocated).clone();
+            let place =
+                placement::place(&nodes, &allocated, &gpus, checked.spec.placement.as_ref())
+                    .map_err(Error::ResourceExhausted)?;
+            record.node_id = place.node_id.clone();
+            record.gpu_uuids = place.gpu_uuids.clone();
+            let mut txn = Txn::fenced(leader.epoch)
+                .when(Compare::Absent(session_key(&id)))
+                .put(session_key(&id), record.encode_to_vec());
+            for uuid in &place.gpu_uuids {
+                txn = txn
+                    .when(Compare::Absent(gpu_key(&place.node_id, uuid)))
+                    .put(gpu_key(&place.node_id, uuid), id.clone().into_bytes());
+            }
+            if !request.request_id.is_empty() {
+                let key = request_key(tenant, &request.request_id);
+                txn = txn
+                    .when(Compare::Absent(key.clone()))
+                    .put(key, id.clone().into_bytes());
+            }
+            cluster.metrics.store_writes_total.inc();
+            if cluster.store.txn(txn).await?.succeeded {
+                break;
+            }
+            // Lost a race: to a new leader, a concurrent retry of the same request, or
+            // another create that booked one of the GPUs. Find out which, then retry.
+            self.after_lost_race(cluster, leader).await?;
+            if !request.request_id.is_empty()
+                && let Some(existing) = self
+                    .by_request(cluster, tenant, &request.request_id)
+                    .await?
+            {
+                return self
+                    .finish_create(cluster, existing, request.no_wait, checked.ready_timeout)
+                    .await;
+            }
+            if attempt >= 5 {
+                return Err(Error::Unavailable(
+                    "placement kept losing races for GPUs; retry".to_owned(),
+                ));
+            }
+        }
+        {
+            let mut allocated = lock(&self.allocated);
+            allocated
+                .entry(record.node_id.clone())
+                .or_default()
+                .extend(record.gpu_uuids.iter().cloned());
+        }
+        let entry = Entry::new(record.clone(), Instant::now());
+        lock(&self.entries).insert(id.clone(), entry.clone());
+        cluster.metrics.sessions_created_total.inc();
+        cluster.events.emit(
+            "session.placed",
+            &record.node_id,
+            &id,
+            format!(
+                "session {id} placed on {} with GPUs [{}]",
+                record.node_id,
+                record.gpu_uuids.join(", ")
+            ),
+        );
+        self.start(cluster, leader, &entry).await?;
+        self.finish_create(
+            cluster,
+            entry.snapshot(),
+            request.no_wait,
+            checked.ready_timeout,
+        )
+        .await
+    }
+
+    async fn by_request(
+        &self,
+        cluster: &Cluster,
+        tenant: &str,
+        request_id: &str,
+    ) -> Result<Option<Session>> {
+        let Some(kv) = cluster.store.get(&request_key(tenant, request_id)).await? else {
+            return Ok(None);
+        };
+        let id = String::from_utf8_lossy(&kv.value).into_owned();
+        self.get(cluster, tenant, &id).await.map(Some)
+    }
+
+    async fn after_lost_race(&self, cluster: &Cluster, leader: &LeaderState) -> Result<()> {
+        let ours = cluster
+            .store
+            .get(LEADER_KEY)
+            .await?
+            .is_some_and(|kv| kv.create_revision == leader.epoch);
+        if !ours {
+            leader.depose();
+            return Err(Error::Deposed);
+        }
+        // Refresh allocations from the store: another writer may have booked GPUs.
+        let mut allocated = Allocated::new();
+        for kv in cluster.store.list(GPUS_PREFIX).await? {
+            if let Some((node, uuid)) = kv.key.trim_start_matches(GPUS_PREFIX).split_once('/') {
+                allocated
+                    .entry(node.to_owned())
+                    .or_default()
+                    .insert(uuid.to_owned());
+            }
+        }
+        *lock(&self.allocated) = allocated;
+        Ok(())
+    }
+
+    /// Waits for a created session to leave its start-up states, unless told not to.
+    async fn finish_create(
+        &self,
+        cluster: &Cluster,
+        session: Session,
+        no_wait: bool,
+        ready_timeout: Duration,
+    ) -> Result<Session> {
+        if no_wait
+            || !matches!(
+                session.state(),
+                SessionState::Placed | SessionState::Starting
+            )
+        {
+            return Ok(session);
+        }
+        let entry = self.entry(&session.tenant, &session.id)?;
+        let mut changes = entry.subscribe();
+        let wait = ready_timeout + START_TIMEOUT;
+        let waited = tokio::time::timeout(wait, async {
+            loop {
+                match entry.state() {
+                    SessionState::Placed | SessionState::Starting => {}
+                    _ => return,
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let s = self.get(cluster, &session.tenant, &session.id).await?;
+        match (waited, s.state()) {
+            (_, SessionState::Failed) => Err(Error::FailedPrecondition(format!(
+                "session {} failed to start: {}",
+                s.id, s.state_reason
+            ))),
+            (Err(_), _) => Err(Error::DeadlineExceeded(format!(
+                "session {} was not READY within {}; it is {} (GetSession shows progress)",
+                s.id,
+                humantime::format_duration(wait),
+                s.state().as_str_name()
+            ))),
+            _ => Ok(s),
+        }
+    }
+
+    fn meta(record: &Session, leader: &LeaderState) -> CommandMeta {
+        CommandMeta {
+            command_id: ulid::Ulid::new().to_string(),
+            epoch: leader.epoch,
+            session_id: record.id.clone(),
+            generation: record.generation,
+        }
+    }
+
+    /// Sends the start command; on failure the session is FAILED and its GPUs freed.
+    async fn start(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        entry: &Arc<Entry>,
+    ) -> Result<()> {
+        let record = lock(&entry.record).clone();
+        let Some(connection) = cluster.nodes.connection(&record.node_id) else {
+            self.fail(
+                cluster,
+                leader,
+                entry,
+                "its node disconnected before the start",
+            )
+            .await?;
+            return Err(Error::Unavailable(format!(
+                "node {} disconnected before the session could start; retry",
+                record.node_id
+            )));
+        };
+        let meta = Self::meta(&record, leader);
+        let command_id = meta.command_id.clone();
+        let command = broker_message::Msg::StartSession(StartSessionCommand {
+            meta: Some(meta),
+            spec: record.spec.clone(),
+            gpu_uuids: record.gpu_uuids.clone(),
+            tenant: record.tenant.clone(),
+        });
+        let reply = cluster
+            .turns
+            .command(
+                &record.node_id,
+                &connection,
+                &command_id,
+                command,
+                START_TIMEOUT,
+            )
+            .await;
+        match reply {
+            Ok(reply) => {
+                self.transition(
+                    cluster,
+                    leader,
+                    entry,
+                    SessionState::Starting,
+                    "workload started; waiting for readiness",
+                    |s| {
+                        s.container_id = reply.container_id.clone();
+                    },
+                )
+                .await
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.fail(
+                    cluster,
+                    leader,
+                    entry,
+                    &format!("start failed on node {}: {reason}", record.node_id),
+                )
+                .await?;
+                Err(match e {
+                    Error::Node {
+                        code: Code::NotFound,
+                        message,
+                    } => Error::invalid("spec.image", message),
+                    Error::Node {
+                        code: Code::InvalidArgument,
+                        message,
+                    } => Error::invalid("spec", message),
+                    other => other,
+                })
+            }
+        }
+    }
+
+    /// Applies a state change: persisted (fenced), announced, published to watchers.
+    async fn transition(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        entry: &Arc<Entry>,
+        state: SessionState,
+        reason: &str,
+        edit: impl FnOnce(&mut Session),
+    ) -> Result<()> {
+        let (record, from) = {
+            let mut r = lock(&entry.record);
+            let from = r.state();
+            r.set_state(state);
+            r.state_reason = reason.to_owned();
+            edit(&mut r);
+            (r.clone(), from)
+        };
+        let mut txn = Txn::fenced(leader.epoch).put(
+            session_key(&record.id),
+            entry_record_for_store(entry, record.clone()),
+        );
+        let frees_gpus = is_terminal(state) && !is_terminal(from);
+        if frees_gpus {
+            for uuid in &record.gpu_uuids {
+                txn = txn.delete(gpu_key(&record.node_id, uuid));
+            }
+        }
+        cluster.metrics.store_writes_total.inc();
+        if !cluster.store.txn(txn).await?.succeeded {
+            cluster.metrics.store_write_failures_total.inc();
+            leader.depose();
+            return Err(Error::Deposed);
+        }
+        if frees_gpus {
+            if let Some(gpus) = lock(&self.allocated).get_mut(&record.node_id) {
+                for uuid in &record.gpu_uuids {
+                    gpus.remove(uuid);
+                }
+            }
+            lock(&self.entries).remove(&record.id);
+        }
+        let kind = format!(
+            "session.{}",
+            state
+                .as_str_name()
+                .trim_start_matches("SESSION_STATE_")
+                .to_lowercase()
+        );
+        cluster.events.emit(
+            &kind,
+            &record.node_id,
+            &record.id,
+            format!(
+                "session {} is {}: {reason}",
+                record.id,
+                state.as_str_name().trim_start_matches("SESSION_STATE_")
+            ),
+        );
+        entry.changes.send_replace(event_for(&record, reason));
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        entry: &Arc<Entry>,
+        reason: &str,
+    ) -> Result<()> {
+        self.transition(cluster, leader, entry, SessionState::Failed, reason, |_| {})
+            .await
+    }
+
+    /// A status report from the session's node.
+    pub async fn on_status(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        node_id: &str,
+        status: hearth_sdk::proto::v1::SessionStatus,
+    ) -> Result<()> {
+        let Some(entry) = lock(&self.entries).get(&status.session_id).cloned() else {
+            return Ok(());
+        };
+        let (current, generation, on_node) = {
+            let r = lock(&entry.record);
+            (r.state(), r.generation, r.node_id == node_id)
+        };
+        if !on_node || status.generation != generation {
+            return Ok(());
+        }
+        match status.state() {
+            SessionState::Ready if current == SessionState::Starting => {
+                entry.touch();
+                self.transition(
+                    cluster,
+                    leader,
+                    &entry,
+                    SessionState::Ready,
+                    "readiness probe passed",
+                    |s| {
+                        s.ready_at = Some(hearth_sdk::time::now());
+                        s.cold_starts += 1;
+                    },
+                )
+                .await
+            }
+            SessionState::Failed if !is_terminal(current) => {
+                self.fail(cluster, leader, &entry, &status.reason).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops and removes a session; its GPUs are freed.
+    pub async fn delete(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        entry: &Arc<Entry>,
+        why: &str,
+    ) -> Result<Session> {
+        let _lifecycle = entry.lifecycle.lock().await;
+        if is_terminal(entry.state()) {
+            return Ok(entry.snapshot());
+        }
+        self.transition(cluster, leader, entry, SessionState::Stopping, why, |_| {})
+            .await?;
+        let record = lock(&entry.record).clone();
+        let outcome = match cluster.nodes.connection(&record.node_id) {
+            Some(connection) => {
+                let meta = Self::meta(&record, leader);
+                let command_id = meta.command_id.clone();
+                let command = broker_message::Msg::StopSession(StopSessionCommand {
+                    meta: Some(meta),
+                    grace: Some(hearth_sdk::time::duration(Duration::from_secs(10))),
+                });
+                cluster
+                    .turns
+                    .command(
+                        &record.node_id,
+                        &connection,
+                        &command_id,
+                        command,
+                        COMMAND_TIMEOUT,
+                    )
+                    .await
+                    .map(|_| why.to_owned())
+                    .map_err(|e| e.to_string())
+            }
+            None => Err(format!("node {} is not connected", record.node_id)),
+        };
+        let reason = match outcome {
+            Ok(r) => r,
+            // The record says STOPPED either way: the agent removes workloads of stopped
+            // sessions when it next says Hello.
+            Err(e) => format!("{why} (workload removal pending: {e})"),
+        };
+        self.transition(
+            cluster,
+            leader,
+            entry,
+            SessionState::Stopped,
+            &reason,
+            |_| {},
+        )
+        .await?;
+        let mut s = entry.snapshot();
+        s.set_state(SessionState::Stopped);
+        Ok(s)
+    }
+
+    /// Freezes a READY session.
+    pub async fn pause(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        entry: &Arc<Entry>,
+        why: &str,
+    ) -> Result<Session> {
+        let _lifecycle = entry.lifecycle.lock().await;
+        match entry.state() {
+            SessionState::Paused => return Ok(entry.snapshot()),
+            SessionState::Ready => {}
+            other => {
+                return Err(Error::FailedPrecondition(format!(
+                    "session is {}; only a READY session can be paused",
+                    other.as_str_name()
+                )));
+            }
+        }
+        let record = lock(&entry.record).clone();
+        let meta = Self::meta(&record, leader);
+        let command_id = meta.command_id.clone();
+        let connection = self.connection(cluster, &record.node_id)?;
+        cluster
+            .turns
+            .command(
+                &record.node_id,
+                &connection,
+                &command_id,
+                broker_message::Msg::PauseSession(PauseSessionCommand { meta: Some(meta) }),
+                COMMAND_TIMEOUT,
+            )
+            .await?;
+        self.transition(cluster, leader, entry, SessionState::Paused, why, |_| {})
+            .await?;
+        Ok(entry.snapshot())
+    }
+
+    /// Unfreezes a PAUSED session (a READY one is left alone).
+    pub async fn resume(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        entry: &Arc<Entry>,
+        why: &str,
+    ) -> Result<Session> {
+        let _lifecycle = entry.lifecycle.lock().await;
+        match entry.state() {
+            SessionState::Ready => return Ok(entry.snapshot()),
+            SessionState::Paused => {}
+            other => {
+                return Err(Error::FailedPrecondition(format!(
+                    "session is {}; only a PAUSED session can be resumed",
+                    other.as_str_name()
+                )));
+            }
+        }
+        let record = lock(&entry.record).clone();
+        let meta = Self::meta(&record, leader);
+        let command_id = meta.command_id.clone();
+        let connection = self.connection(cluster, &record.node_id)?;
+        cluster
+            .turns
+            .command(
+                &record.node_id,
+                &connection,
+                &command_id,
+                broker_message::Msg::ResumeSession(ResumeSessionCommand { meta: Some(meta) }),
+                COMMAND_TIMEOUT,
+            )
+            .await?;
+        entry.touch();
+        self.transition(cluster, leader, entry, SessionState::Ready, why, |_| {})
+            .await?;
+        Ok(entry.snapshot())
+    }
+
+    fn connection(&self, cluster: &Cluster, node_id: &str) -> Result<crate::nodes::Connection> {
+        cluster.nodes.connection(node_id).ok_or_else(|| {
+            Error::Unavailable(format!(
+                "node {node_id} is disconnected; the turn was not run (retry later)"
+            ))
+        })
+    }
+
+    /// Prepares a turn: resumes a paused session, checks the node is reachable, and marks
+    /// the session busy. No store access unless a resume is needed.
+    pub async fn route(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(Route, crate::nodes::Connection)> {
+        let entry = self.entry(tenant, id)?;
+        if entry.state() == SessionState::Paused {
+            self.resume(cluster, leader, &entry, "resumed by a turn")
+                .await?;
+        }
+        let (state, node_id, generation) = {
+            let r = lock(&entry.record);
+            (r.state(), r.node_id.clone(), r.generation)
+        };
+        if state != SessionState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "session is {}; turns need a READY session",
+                state.as_str_name()
+            )));
+        }
+        let connection = self.connection(cluster, &node_id)?;
+        entry.inflight.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut r = lock(&entry.record);
+            r.turns_served += 1;
+        }
+        entry.touch();
+        Ok((
+            Route {
+                node_id,
+                generation,
+                guard: TurnGuard { entry },
+            },
+            connection,
+        ))
+    }
+
+    /// A keep-alive: activity now; returns the new idle deadline.
+    pub fn keep_alive(&self, tenant: &str, id: &str) -> Result<Session> {
+        let entry = self.entry(tenant, id)?;
+        entry.touch();
+        Ok(entry.snapshot())
+    }
+
+    /// Sessions reported busy by their node (a turn or GPU work running) count as active.
+    pub fn touch_busy(&self, ids: &[String]) {
+        let entries = lock(&self.entries);
+        for id in ids {
+            if let Some(e) = entries.get(id) {
+                e.touch();
+            }
+        }
+    }
+
+    /// Applies idle and lifetime policy, and flushes activity. Called on a short timer.
+    pub async fn check_idle(&self, cluster: &Cluster, leader: &LeaderState, flush: bool) {
+        let entries: Vec<Arc<Entry>> = lock(&self.entries).values().cloned().collect();
+        for entry in entries {
+            let state = entry.state();
+            if let Some(max) = entry.max_lifetime
+                && entry.created.elapsed() >= max
+                && !is_terminal(state)
+            {
+                let why = format!("max_lifetime {} reached", humantime::format_duration(max));
+                if let Err(e) = self.delete(cluster, leader, &entry, &why).await {
+                    tracing::warn!(error = %e, "could not stop a session past its max_lifetime");
+                }
+                continue;
+            }
+            let idle = lock(&entry.last_activity).elapsed();
+            let busy = entry.inflight.load(Ordering::Relaxed) > 0;
+            if state == SessionState::Ready && !busy && idle >= entry.idle_timeout {
+                let why = format!(
+                    "idle for {}",
+                    humantime::format_duration(Duration::from_secs(idle.as_secs()))
+                );
+                let result = match entry.idle_action {
+                    IdleAction::Pause => {
+                        self.pause(cluster, leader, &entry, &why).await.map(|_| ())
+                    }
+                    IdleAction::Stop => {
+                        self.delete(cluster, leader, &entry, &why).await.map(|_| ())
+                    }
+                    _ => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "idle action failed; will retry");
+                }
+                continue;
+            }
+            if flush && entry.dirty.swap(false, Ordering::Relaxed) && !is_terminal(state) {
+                let record = entry.snapshot();
+                let txn =
+                    Txn::fenced(leader.epoch).put(session_key(&record.id), record.encode_to_vec());
+                cluster.metrics.store_writes_total.inc();
+                match cluster.store.txn(txn).await {
+                    Ok(o) if o.succeeded => {}
+                    Ok(_) => {
+                        leader.depose();
+                        return;
+                    }
+                    Err(e) => {
+                        entry.dirty.store(true, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "activity flush failed; will retry");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reconciles an agent's inventory on Hello: workloads of sessions this broker does
+    /// not know as live on that node are stopped.
+    pub async fn reconcile(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        node_id: &str,
+        running: Vec<RunningSession>,
+    ) {
+        let live: HashSet<(String, u64)> = lock(&self.entries)
+            .values()
+            .filter_map(|e| {
+                let r = lock(&e.record);
+                (r.node_id == node_id).then(|| (r.id.clone(), r.generation))
+            })
+            .collect();
+        let Some(connection) = cluster.nodes.connection(node_id) else {
+            return;
+        };
+        for w in running {
+            if live.contains(&(w.session_id.clone(), w.generation)) {
+                continue;
+            }
+            let meta = CommandMeta {
+                command_id: ulid::Ulid::new().to_string(),
+                epoch: leader.epoch,
+                session_id: w.session_id.clone(),
+                generation: w.generation,
+            };
+            cluster.events.emit(
+                "session.orphan",
+                node_id,
+                &w.session_id,
+                format!(
+                    "removing workload {} of a session that is not live here",
+                    w.container_id
+                ),
+            );
+            let command_id = meta.command_id.clone();
+            let command = broker_message::Msg::StopSession(StopSessionCommand {
+                meta: Some(meta),
+                grace: Some(hearth_sdk::time::duration(Duration::from_secs(10))),
+            });
+            if let Err(e) = cluster
+                .turns
+                .command(node_id, &connection, &command_id, command, COMMAND_TIMEOUT)
+                .await
+            {
+                tracing::warn!(error = %e, session = w.session_id, "could not remove an orphan workload");
+            }
+        }
+    }
+}
+
+fn entry_record_for_store(entry: &Entry, mut record: Session) -> Vec<u8> {
+    let snapshot = entry.snapshot();
+    record.last_activity_at = snapshot.last_activity_at;
+    record.expires_at = snapshot.expires_at;
+    record.encode_to_vec()
+}
