@@ -176,8 +176,32 @@ async fn bad_input_through_grpcurl_names_the_field() -> anyhow::Result<()> {
         (
             "hearth.v1.Sessions/CreateSession",
             r#"{}"#,
+            "InvalidArgument",
+            "invalid spec: is required",
+        ),
+        (
+            "hearth.v1.Sessions/CreateSession",
+            r#"{"spec": {"image": "x", "gpus": {"count": 99}}}"#,
+            "InvalidArgument",
+            "invalid spec.gpus.count",
+        ),
+        (
+            "hearth.v1.Sessions/GetSession",
+            r#"{"id": "nope"}"#,
+            "InvalidArgument",
+            "invalid id",
+        ),
+        (
+            "hearth.v1.Sessions/GetSession",
+            r#"{"id": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}"#,
+            "NotFound",
+            "not found",
+        ),
+        (
+            "hearth.v1.Templates/ListTemplates",
+            r#"{}"#,
             "Unimplemented",
-            "CreateSession is not implemented",
+            "ListTemplates is not implemented",
         ),
     ];
     for (method, body, code, message) in cases {
