@@ -61,6 +61,9 @@ use crate::{
 /// broker exits anyway, so one stuck client cannot hold a restart up.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Largest gRPC message a client may send.
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
 /// Every hearth.v1 service, for health reporting.
 const SERVICES: [&str; 4] = [
     "hearth.v1.Sessions",
@@ -170,9 +173,12 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(SessionsServer::new(api::sessions::SessionsService::new(
-            cluster.clone(),
-        )))
+        // Above the API's own body and stdin limits, so oversized requests get an error
+        // that names the field instead of a bare decode failure.
+        .add_service(
+            SessionsServer::new(api::sessions::SessionsService::new(cluster.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
         .add_service(TemplatesServer::new(api::templates::TemplatesService::new(
             cluster.clone(),
         )))

@@ -64,6 +64,32 @@ pub struct Config {
     pub log_json: bool,
     /// Export traces over OTLP/gRPC to this endpoint, such as `http://127.0.0.1:4317`.
     pub otlp_endpoint: Option<String>,
+    /// What runs session workloads: Docker containers, or plain processes.
+    pub runtime: RuntimeKind,
+    /// Where the process runtime keeps its state (pid files, logs), so a restarted agent
+    /// re-adopts its sessions.
+    pub state_dir: PathBuf,
+}
+
+/// Which [`crate::runtime::Runtime`] runs session workloads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Containers through the local Docker engine (production).
+    #[default]
+    Docker,
+    /// Child processes in their own process groups (hosts without Docker, development).
+    Process,
+}
+
+impl RuntimeKind {
+    /// The name used in settings and in `Hello.runtime`: "docker" or "process".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Process => "process",
+        }
+    }
 }
 
 impl Default for Config {
@@ -84,6 +110,8 @@ impl Default for Config {
             no_gpus: false,
             log_json: false,
             otlp_endpoint: None,
+            runtime: RuntimeKind::Docker,
+            state_dir: PathBuf::from("/var/lib/hearth-agent"),
         }
     }
 }
@@ -203,6 +231,16 @@ pub struct Cli {
     /// Export traces over OTLP/gRPC to this endpoint, such as http://127.0.0.1:4317.
     #[arg(long, env = "HEARTH_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+
+    /// What runs session workloads: docker containers, or plain processes on hosts without
+    /// Docker [default: docker].
+    #[arg(long, env = "HEARTH_RUNTIME", value_name = "KIND", value_enum)]
+    pub runtime: Option<RuntimeKind>,
+
+    /// Directory where the process runtime keeps session state and logs
+    /// [default: /var/lib/hearth-agent].
+    #[arg(long, env = "HEARTH_STATE_DIR", value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -268,6 +306,8 @@ impl Config {
             no_gpus,
             log_json,
             otlp_endpoint,
+            runtime,
+            state_dir,
         } = cli;
         fn set<T>(slot: &mut T, value: Option<T>) {
             if let Some(value) = value {
@@ -289,6 +329,8 @@ impl Config {
         set(&mut self.no_gpus, no_gpus);
         set(&mut self.log_json, log_json);
         set(&mut self.otlp_endpoint, otlp_endpoint.map(Some));
+        set(&mut self.runtime, runtime);
+        set(&mut self.state_dir, state_dir);
     }
 
     /// Checks every setting and reports all problems at once, each naming its setting.
@@ -364,6 +406,12 @@ impl Config {
         {
             bad("otlp_endpoint must not be empty when set".into());
         }
+        if !self.state_dir.is_absolute() {
+            bad(format!(
+                "state_dir {:?} must be an absolute path, such as /var/lib/hearth-agent",
+                self.state_dir
+            ));
+        }
 
         if problems.is_empty() {
             Ok(())
@@ -429,6 +477,8 @@ mod tests {
         assert_eq!(c.simulate_gpus, None);
         assert_eq!(c.simulate_gpu_memory, 80 * (1 << 30));
         assert!(!c.no_gpus);
+        assert_eq!(c.runtime, RuntimeKind::Docker);
+        assert_eq!(c.state_dir, Path::new("/var/lib/hearth-agent"));
         valid().validate().unwrap();
     }
 
@@ -442,6 +492,8 @@ mod tests {
         // It is an example: it must show the non-default forms, not just be empty.
         assert!(!config.labels.is_empty());
         assert_ne!(config.telemetry_interval, Duration::ZERO);
+        assert_eq!(config.runtime, RuntimeKind::Docker);
+        assert_eq!(config.state_dir, Path::new("/var/lib/hearth-agent"));
     }
 
     #[test]
@@ -650,11 +702,45 @@ mod tests {
     }
 
     #[test]
+    fn runtime_and_state_dir_come_from_toml_and_flags() {
+        let c = Config::from_toml("runtime = \"process\"\nstate_dir = \"/srv/hearth\"").unwrap();
+        assert_eq!(c.runtime, RuntimeKind::Process);
+        assert_eq!(c.state_dir, Path::new("/srv/hearth"));
+        let err = Config::from_toml("runtime = \"podman\"").unwrap_err();
+        assert!(err.to_string().contains("runtime"), "{err}");
+
+        let cli = Cli::try_parse_from([
+            "hearth-agent",
+            "--runtime",
+            "process",
+            "--state-dir",
+            "/tmp/h",
+        ])
+        .unwrap();
+        let mut c = valid();
+        c.apply(cli);
+        assert_eq!(c.runtime, RuntimeKind::Process);
+        assert_eq!(c.state_dir, Path::new("/tmp/h"));
+        assert!(Cli::try_parse_from(["hearth-agent", "--runtime", "podman"]).is_err());
+
+        let c = Config {
+            state_dir: "relative/dir".into(),
+            ..valid()
+        };
+        assert_eq!(
+            problems(&c),
+            ["state_dir \"relative/dir\" must be an absolute path, such as /var/lib/hearth-agent"]
+        );
+    }
+
+    #[test]
     fn print_config_round_trips() {
         let c = Config {
             simulate_gpus: Some(3),
             labels: BTreeMap::from([("zone".into(), "a".into())]),
             otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+            runtime: RuntimeKind::Process,
+            state_dir: "/srv/hearth".into(),
             ..valid()
         };
         assert_eq!(Config::from_toml(&c.to_toml().unwrap()).unwrap(), c);

@@ -49,6 +49,23 @@ pub enum Error {
         source: nvml_wrapper::error::NvmlError,
     },
 
+    /// `runtime = "docker"`, but the Docker engine does not answer.
+    #[error(
+        "cannot reach the Docker engine at {host}; use --runtime process on hosts without \
+         Docker ({source})"
+    )]
+    DockerUnavailable {
+        /// Where the engine was looked for (`DOCKER_HOST` or the default socket).
+        host: String,
+        /// Why it did not answer.
+        source: crate::runtime::RuntimeError,
+    },
+
+    /// The session runtime failed: its state could not be set up at start, or its
+    /// workloads could not be listed for `Hello`.
+    #[error("session runtime: {0}")]
+    Runtime(#[source] crate::runtime::RuntimeError),
+
     /// The admin HTTP server failed.
     #[error("admin HTTP server: {0}")]
     Admin(#[source] std::io::Error),

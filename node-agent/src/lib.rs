@@ -11,13 +11,22 @@
 //! GPUs come from NVML, or, by explicit opt-in only, from a simulator whose GPUs are marked
 //! simulated everywhere. Without either (or `--no-gpus`) the agent refuses to start.
 //!
-//! This version runs no sessions yet: session commands are answered not-ok, `UNIMPLEMENTED`.
+//! Sessions run on a [`runtime::Runtime`]: Docker containers (the default), or plain
+//! processes (`--runtime process`) on hosts without Docker. Each broker command runs in its
+//! own task, so the stream reader never waits; turns stream their output back with
+//! backpressure. Workloads outlive the agent: a restarted agent re-adopts them and reports
+//! them in `Hello`.
 //!
 //! # Layout
 //! - `config.rs` (+ `config/size.rs`): settings, layered defaults → TOML → `HEARTH_*` →
 //!   flags, and their validation; human byte sizes.
-//! - `link.rs`: the broker stream: dialling, Hello/Welcome, telemetry, command replies,
-//!   leader redirects, epoch fencing.
+//! - `link.rs`: the broker stream: dialling, Hello/Welcome, telemetry, leader redirects,
+//!   epoch fencing, handing commands to `sessions.rs`.
+//! - `sessions.rs`: the broker's session commands on a runtime: start with readiness
+//!   probes, crash monitor, stop/pause/resume, Exec and Invoke turns (pooled HTTP client),
+//!   CancelTurn, busy sessions, generation fencing, re-adoption.
+//! - `runtime.rs`: the [`runtime::Runtime`] seam; `runtime/docker.rs` (containers, bollard),
+//!   `runtime/process.rs` (process groups, state files for re-adoption).
 //! - `backoff.rs`: full-jitter exponential reconnect delays.
 //! - `gpu.rs`: the [`gpu::GpuInventory`] seam; `gpu/nvml.rs` (real GPUs, raw-reading →
 //!   proto conversion, XID watcher), `gpu/simulated.rs`, `gpu/none.rs` (CPU-only node).
@@ -34,6 +43,8 @@ pub mod gpu;
 mod host;
 mod link;
 mod metrics;
+pub mod runtime;
+mod sessions;
 
 use std::{future::Future, sync::Arc};
 
@@ -42,16 +53,19 @@ use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Config, RuntimeKind};
 pub use error::{Error, report};
 
 /// Runs the agent until `shutdown` completes: the broker link, and the admin HTTP server
 /// (`/live`, `/ready` — 200 while a broker stream has reached `Welcome` — and `/metrics`) on
 /// `admin_listener`.
 ///
-/// Fails at once, before dialling anything, when `config` is invalid or the GPU source cannot
-/// be opened (no NVML without `--simulate-gpus`/`--no-gpus`). Afterwards it fails only if the
-/// admin server does; broker trouble is logged and retried forever.
+/// Fails at once, before dialling anything, when `config` is invalid, the GPU source cannot
+/// be opened (no NVML without `--simulate-gpus`/`--no-gpus`), or the runtime cannot (no
+/// Docker engine, an unusable `state_dir`). Afterwards it fails only if the admin server
+/// does; broker trouble is logged and retried forever.
+///
+/// Session workloads are left running at shutdown: the next agent process re-adopts them.
 pub async fn run(
     config: Config,
     admin_listener: TcpListener,
@@ -61,6 +75,7 @@ pub async fn run(
     let gpus = gpu::open(&config)?;
     let inventory = gpus.inventory()?;
     let source = gpus.source();
+    let runtime = open_runtime(&config).await?;
     let incarnation = ulid::Ulid::new().to_string();
 
     let metrics = metrics::Metrics::default();
@@ -74,6 +89,7 @@ pub async fn run(
         version = hearth_sdk::VERSION,
         gpu_source = source.as_str_name(),
         gpus = inventory.len(),
+        runtime = runtime.kind(),
         brokers = ?config.broker,
         admin = ?admin_listener.local_addr().ok(),
         "hearth-agent starting"
@@ -90,7 +106,15 @@ pub async fn run(
         axum::Router::new(),
         stop.clone().cancelled_owned(),
     ));
-    let link = link::Link::new(Arc::new(config), gpus, incarnation, metrics, ready_tx);
+    let sessions = sessions::Sessions::new(runtime, metrics.clone());
+    let link = link::Link::new(
+        Arc::new(config),
+        gpus,
+        sessions.clone(),
+        incarnation,
+        metrics,
+        ready_tx,
+    );
     let link = tokio::spawn(link.run(stop.clone()));
 
     let admin_ended_early = tokio::select! {
@@ -99,6 +123,7 @@ pub async fn run(
     };
     tracing::info!("hearth-agent shutting down");
     stop.cancel();
+    sessions.shutdown();
     let early = admin_ended_early.is_some();
     let admin_result = match admin_ended_early {
         Some(ended) => ended,
@@ -112,5 +137,24 @@ pub async fn run(
         Ok(Ok(())) => Err(Error::Admin(std::io::Error::other("stopped unexpectedly"))),
         Ok(Err(e)) => Err(Error::Admin(e)),
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// The runtime `config` asks for, ready to use.
+async fn open_runtime(config: &Config) -> Result<Arc<dyn runtime::Runtime>, Error> {
+    match config.runtime {
+        RuntimeKind::Process => {
+            let process = runtime::process::ProcessRuntime::new(config.state_dir.clone())
+                .map_err(Error::Runtime)?;
+            Ok(Arc::new(process))
+        }
+        RuntimeKind::Docker => match runtime::docker::DockerRuntime::connect().await {
+            Ok(docker) => Ok(Arc::new(docker)),
+            Err(source) => Err(Error::DockerUnavailable {
+                host: std::env::var("DOCKER_HOST")
+                    .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned()),
+                source,
+            }),
+        },
     }
 }

@@ -14,8 +14,16 @@
 //! a fresher sample follows within one interval, and memory never grows. Replies use `send`
 //! and wait, since a lost reply would leave the broker waiting out its own timeout.
 //!
+//! Commands: the reader loop never waits on a command. CancelTurn goes straight to
+//! [`Sessions`]; every other command is fenced here, then handed to [`Sessions::dispatch`],
+//! which runs it in its own task and answers through the same mailbox (awaiting room, so a
+//! slow broker backs the turn's output up to the workload). `Hello` reports the runtime and
+//! the sessions running on the host ([`Sessions::running`]), and telemetry the sessions
+//! with a turn in flight.
+//!
 //! Fencing: the link remembers the highest leader epoch it has seen (for the life of the
 //! process) and answers any command with a lower epoch not-ok, `FAILED_PRECONDITION`.
+//! (Generations are fenced per session by [`Sessions`].)
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -28,7 +36,9 @@ use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
-use crate::{Config, Error, backoff::Backoff, gpu::GpuInventory, host, metrics::Metrics};
+use crate::{
+    Config, Error, backoff::Backoff, gpu::GpuInventory, host, metrics::Metrics, sessions::Sessions,
+};
 
 /// Messages that may wait for the broker to read them. At 1 Hz telemetry this is a minute of
 /// samples: enough to ride out a pause, small enough to bound memory.
@@ -43,13 +53,12 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Floor on a telemetry interval set by the broker, so a bad `Welcome` cannot make a busy
 /// loop.
 pub const MIN_TELEMETRY_INTERVAL: Duration = Duration::from_millis(10);
-/// What commands get until the agent runs sessions.
-pub const UNIMPLEMENTED_MESSAGE: &str = "this agent does not run sessions yet";
 
 /// The state the link carries across reconnects.
 pub struct Link {
     config: Arc<Config>,
     gpus: Arc<dyn GpuInventory>,
+    sessions: Arc<Sessions>,
     incarnation: String,
     metrics: Metrics,
     ready: watch::Sender<bool>,
@@ -61,11 +70,13 @@ pub struct Link {
 }
 
 impl Link {
-    /// A link for this agent process. `incarnation` identifies the process to the broker;
-    /// `ready` follows whether a stream has reached `Welcome`.
+    /// A link for this agent process, running the broker's commands on `sessions`.
+    /// `incarnation` identifies the process to the broker; `ready` follows whether a stream
+    /// has reached `Welcome`.
     pub fn new(
         config: Arc<Config>,
         gpus: Arc<dyn GpuInventory>,
+        sessions: Arc<Sessions>,
         incarnation: String,
         metrics: Metrics,
         ready: watch::Sender<bool>,
@@ -73,6 +84,7 @@ impl Link {
         Self {
             config,
             gpus,
+            sessions,
             incarnation,
             metrics,
             ready,
@@ -178,6 +190,7 @@ impl Link {
 
         *welcomed = true;
         let interval = self.accept_welcome(url, &welcome);
+        self.sessions.attach(tx.clone());
         self.set_connected(true);
 
         let mut ticker = tokio::time::interval(interval);
@@ -187,7 +200,7 @@ impl Link {
             tokio::select! {
                 _ = ticker.tick() => self.send_telemetry(&tx).await?,
                 message = inbound.next() => match message {
-                    Some(Ok(message)) => self.handle(message, &tx).await?,
+                    Some(Ok(message)) => self.handle(message, &tx),
                     Some(Err(status)) => return Err(status_error(status)),
                     None => return Err(Error::StreamClosed),
                 },
@@ -198,6 +211,7 @@ impl Link {
     async fn hello(&self) -> Result<AgentMessage, Error> {
         let gpus = self.gpus.clone();
         let inventory = blocking(move || gpus.inventory()).await?;
+        let sessions = self.sessions.running().await.map_err(Error::Runtime)?;
         let config = &self.config;
         Ok(AgentMessage {
             msg: Some(agent_message::Msg::Hello(Hello {
@@ -213,9 +227,8 @@ impl Link {
                 gpus: inventory,
                 gpu_source: self.gpus.source().into(),
                 capacity: Some(host::capacity()),
-                // No runtime yet: the agent cannot run sessions, so it reports none.
-                runtime: "none".to_owned(),
-                sessions: Vec::new(),
+                runtime: self.sessions.runtime_kind().to_owned(),
+                sessions,
                 highest_epoch: self.fence.highest(),
             })),
         })
@@ -268,7 +281,7 @@ impl Link {
             msg: Some(agent_message::Msg::Telemetry(NodeTelemetry {
                 sampled_at: Some(hearth_sdk::time::now()),
                 gpus,
-                busy_sessions: Vec::new(),
+                busy_sessions: self.sessions.busy_sessions(),
             })),
         };
         match tx.try_send(message) {
@@ -293,72 +306,73 @@ impl Link {
         }
     }
 
-    async fn handle(
-        &mut self,
-        message: BrokerMessage,
-        tx: &mpsc::Sender<AgentMessage>,
-    ) -> Result<(), Error> {
+    /// Fences a command and hands it to [`Sessions`]; never waits (the reader must keep
+    /// reading while turns stream).
+    fn handle(&mut self, message: BrokerMessage, tx: &mpsc::Sender<AgentMessage>) {
         use broker_message::Msg;
-        let meta = match &message.msg {
-            None => return Ok(()),
-            Some(Msg::Welcome(_)) => {
+        let what = kind(&message);
+        let Some(command) = message.msg else {
+            return;
+        };
+        let (meta, turn_id) = match &command {
+            Msg::Welcome(_) => {
                 tracing::warn!("broker sent a second Welcome on one stream; ignoring it");
-                return Ok(());
+                return;
             }
-            Some(Msg::CancelTurn(cancel)) => {
-                tracing::debug!(turn = %cancel.turn_id, "CancelTurn ignored: no turns run here");
-                return Ok(());
+            // No epoch to fence: cancelling is always safe.
+            Msg::CancelTurn(cancel) => {
+                if !self.sessions.cancel_turn(&cancel.turn_id) {
+                    tracing::debug!(turn = %cancel.turn_id, "CancelTurn for a turn not in flight");
+                }
+                return;
             }
-            Some(Msg::StartSession(c)) => c.meta.as_ref(),
-            Some(Msg::StopSession(c)) => c.meta.as_ref(),
-            Some(Msg::PauseSession(c)) => c.meta.as_ref(),
-            Some(Msg::ResumeSession(c)) => c.meta.as_ref(),
-            Some(Msg::Exec(c)) => c.meta.as_ref(),
-            Some(Msg::Invoke(c)) => c.meta.as_ref(),
+            Msg::StartSession(c) => (c.meta.as_ref(), None),
+            Msg::StopSession(c) => (c.meta.as_ref(), None),
+            Msg::PauseSession(c) => (c.meta.as_ref(), None),
+            Msg::ResumeSession(c) => (c.meta.as_ref(), None),
+            Msg::Exec(c) => (c.meta.as_ref(), Some(c.turn_id.as_str())),
+            Msg::Invoke(c) => (c.meta.as_ref(), Some(c.turn_id.as_str())),
         };
         let Some(meta) = meta else {
-            tracing::warn!(
-                command = kind(&message),
-                "command without CommandMeta; cannot reply"
-            );
-            return Ok(());
+            tracing::warn!(command = what, "command without CommandMeta; cannot reply");
+            return;
         };
-        let reply = self.refuse(kind(&message), meta);
-        tx.send(AgentMessage {
-            msg: Some(agent_message::Msg::Reply(reply)),
-        })
-        .await
-        .map_err(|_| Error::StreamClosed)
-    }
-
-    /// The answer to a command while the agent runs no sessions: not-ok, either for a stale
-    /// epoch (fencing) or because it is not implemented.
-    fn refuse(&mut self, kind: &str, meta: &CommandMeta) -> Reply {
-        let (code, message, reason) = match self.fence.admit(meta.epoch) {
-            Err(highest) => (
-                tonic::Code::FailedPrecondition,
-                format!(
-                    "stale leader epoch {}: this agent has seen epoch {highest}",
-                    meta.epoch
-                ),
-                "stale_epoch",
-            ),
-            Ok(()) => (
-                tonic::Code::Unimplemented,
-                UNIMPLEMENTED_MESSAGE.to_owned(),
-                "unimplemented",
-            ),
-        };
+        let admitted = self.fence.admit(meta.epoch);
         self.metrics.highest_epoch.set(self.fence.highest());
-        self.metrics.refused(reason);
-        tracing::debug!(command = kind, id = %meta.command_id, epoch = meta.epoch, %message, "refusing command");
-        Reply {
-            command_id: meta.command_id.clone(),
-            ok: false,
-            code: code as i32,
-            message,
-            container_id: String::new(),
+        if let Err(highest) = admitted {
+            let reply = stale_epoch_reply(meta, turn_id, highest);
+            self.metrics.refused("stale_epoch");
+            tracing::debug!(command = what, id = %meta.command_id, epoch = meta.epoch, message = %reply.message, "refusing command");
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(AgentMessage {
+                        msg: Some(agent_message::Msg::Reply(reply)),
+                    })
+                    .await;
+            });
+            return;
         }
+        tracing::debug!(command = what, id = %meta.command_id, session = %meta.session_id, "dispatching command");
+        self.sessions.dispatch(command, tx.clone());
+    }
+}
+
+/// The answer to a command from a leader older than one already seen. For a turn, the
+/// broker waits on the turn id, so the reply carries that.
+fn stale_epoch_reply(meta: &CommandMeta, turn_id: Option<&str>, highest: i64) -> Reply {
+    Reply {
+        command_id: turn_id
+            .filter(|t| !t.is_empty())
+            .unwrap_or(&meta.command_id)
+            .to_owned(),
+        ok: false,
+        code: tonic::Code::FailedPrecondition as i32,
+        message: format!(
+            "stale leader epoch {}: this agent has seen epoch {highest}",
+            meta.epoch
+        ),
+        container_id: String::new(),
     }
 }
 

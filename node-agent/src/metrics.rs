@@ -29,8 +29,12 @@ pub struct Metrics {
     pub telemetry_dropped: Counter,
     /// Telemetry samples that failed to read any GPU (a heartbeat without GPUs went instead).
     pub telemetry_errors: Counter,
-    /// Commands refused, by reason (`stale_epoch`, `unimplemented`).
+    /// Commands refused, by reason (`stale_epoch`, `stale_generation`).
     pub commands_refused: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Turns (Exec, Invoke) ended, by kind and outcome.
+    turns: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Session status changes found in the background while no broker stream was up.
+    pub statuses_dropped: Counter,
     /// Highest leader epoch accepted.
     pub highest_epoch: Gauge<i64, AtomicI64>,
     /// Constant 1 with the agent's identity as labels.
@@ -73,6 +77,18 @@ impl Metrics {
             self.commands_refused.clone(),
         );
         r.register(
+            "turns",
+            "Turns ended, by kind (exec, invoke) and outcome (ok, failed, cancelled, \
+             timed_out, abandoned: the broker stream went away)",
+            self.turns.clone(),
+        );
+        r.register(
+            "session_statuses_dropped",
+            "Session status changes dropped because no broker stream was up (the next \
+             Hello reports the sessions' states)",
+            self.statuses_dropped.clone(),
+        );
+        r.register(
             "highest_epoch",
             "Highest leader epoch accepted; lower ones are refused",
             self.highest_epoch.clone(),
@@ -108,6 +124,13 @@ impl Metrics {
             .get_or_create(&vec![("url", url.to_owned())])
             .set(1);
         *current = Some(url.to_owned());
+    }
+
+    /// Counts an ended turn.
+    pub fn turn(&self, kind: &'static str, outcome: &'static str) {
+        self.turns
+            .get_or_create(&vec![("kind", kind), ("outcome", outcome)])
+            .inc();
     }
 
     /// Counts a refused command.

@@ -121,3 +121,45 @@ fn help_explains_layering_and_gpu_sources() {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
 }
+
+#[test]
+fn an_unreachable_docker_engine_is_named_with_the_way_out() {
+    let out = agent(
+        &[
+            "--no-gpus",
+            "--node-id",
+            "n1",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--runtime",
+            "docker",
+        ],
+        &[("DOCKER_HOST", "unix:///nonexistent/hearth-test/docker.sock")],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "cannot reach the Docker engine at unix:///nonexistent/hearth-test/docker.sock"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("use --runtime process on hosts without Docker"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_process_runtime_needs_an_absolute_state_dir() {
+    let out = agent(
+        &["--no-gpus", "--node-id", "n1", "--runtime", "process"],
+        &[("HEARTH_STATE_DIR", "relative/state")],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("state_dir \"relative/state\" must be an absolute path"),
+        "{stderr}"
+    );
+}

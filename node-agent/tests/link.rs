@@ -1,6 +1,7 @@
 //! The agent's broker link against a scripted in-process broker (a real tonic server on
 //! `127.0.0.1:0`), with the agent started through the same `run` the binary calls.
-//! GPUs are simulated: this is link behaviour, not hardware.
+//! GPUs are simulated and sessions run on the process runtime (in a temporary state
+//! directory): this is link behaviour, not hardware or Docker.
 
 use std::{
     future::Future,
@@ -9,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hearth_agent::Config;
+use hearth_agent::{Config, RuntimeKind};
 use hearth_sdk::proto::v1::{
     AgentMessage, BrokerMessage, CancelTurn, CommandMeta, ExecCommand, GpuSource, Hello,
     NodeTelemetry, Reply, StartSessionCommand, Welcome, agent_message, broker_message,
@@ -177,10 +178,13 @@ struct Agent {
     admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), hearth_agent::Error>>,
+    _state_dir: tempfile::TempDir,
 }
 
 impl Agent {
-    async fn start(config: Config) -> Self {
+    async fn start(mut config: Config) -> Self {
+        let state_dir = tempfile::tempdir().unwrap();
+        config.state_dir = state_dir.path().to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -191,6 +195,7 @@ impl Agent {
             admin,
             stop: Some(stop),
             task,
+            _state_dir: state_dir,
         }
     }
 
@@ -239,6 +244,7 @@ fn config(brokers: &[&str]) -> Config {
         reconnect_backoff_min: Duration::from_millis(20),
         reconnect_backoff_max: Duration::from_millis(200),
         hello_timeout: Duration::from_secs(5),
+        runtime: RuntimeKind::Process,
         ..Config::default()
     }
 }
@@ -271,7 +277,7 @@ async fn hello_welcome_telemetry_and_ready() {
         capacity.cpu_cores >= 1 && capacity.memory_bytes > 0,
         "{capacity:?}"
     );
-    assert_eq!(hello.runtime, "none");
+    assert_eq!(hello.runtime, "process");
     assert!(hello.sessions.is_empty());
     assert_eq!(hello.highest_epoch, 0);
 
@@ -316,7 +322,7 @@ async fn hello_welcome_telemetry_and_ready() {
 }
 
 #[tokio::test]
-async fn commands_are_refused_and_stale_epochs_fenced() {
+async fn bad_commands_are_refused_and_stale_epochs_fenced() {
     let (url, mut conns) = start_leader().await;
     let agent = Agent::start(config(&[&url])).await;
     let mut conn = next_conn(&mut conns).await;
@@ -338,9 +344,9 @@ async fn commands_are_refused_and_stale_epochs_fenced() {
     let reply = conn.next_reply().await;
     assert_eq!(reply.command_id, "c1");
     assert!(!reply.ok);
-    assert_eq!(reply.code, tonic::Code::Unimplemented as i32);
-    assert_eq!(reply.code, 12);
-    assert_eq!(reply.message, "this agent does not run sessions yet");
+    assert_eq!(reply.code, tonic::Code::InvalidArgument as i32);
+    assert_eq!(reply.code, 3);
+    assert_eq!(reply.message, "StartSession carries no spec");
 
     // CancelTurn gets no reply; a command from an older leader is refused for its epoch.
     conn.send(broker_message::Msg::CancelTurn(CancelTurn {
@@ -354,7 +360,10 @@ async fn commands_are_refused_and_stale_epochs_fenced() {
     }))
     .await;
     let reply = conn.next_reply().await;
-    assert_eq!(reply.command_id, "c2", "CancelTurn must not be answered");
+    assert_eq!(
+        reply.command_id, "t2",
+        "CancelTurn must not be answered; a turn's Reply carries the turn id"
+    );
     assert!(!reply.ok);
     assert_eq!(reply.code, tonic::Code::FailedPrecondition as i32);
     assert!(
@@ -370,7 +379,12 @@ async fn commands_are_refused_and_stale_epochs_fenced() {
         request: None,
     }))
     .await;
-    assert_eq!(conn.next_reply().await.code, 12);
+    let reply = conn.next_reply().await;
+    assert_eq!(
+        (reply.command_id.as_str(), reply.code),
+        ("t3", 3),
+        "{reply:?}"
+    );
     let incarnation = conn.hello.incarnation.clone();
     drop(conn); // the broker hangs up
 
@@ -383,7 +397,10 @@ async fn commands_are_refused_and_stale_epochs_fenced() {
     assert!(agent.metric("hearth_agent_reconnects_total").await >= 1.0);
     let (_, metrics) = agent.get("/metrics").await;
     assert!(metrics.contains("hearth_agent_commands_refused_total{reason=\"stale_epoch\"} 1"));
-    assert!(metrics.contains("hearth_agent_commands_refused_total{reason=\"unimplemented\"} 2"));
+    assert!(
+        metrics.contains("hearth_agent_turns_total{kind=\"exec\",outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
 
     agent.shutdown().await;
 }

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod etcd;
 pub mod eventually;
+pub mod images;
 pub mod process;
 
 pub use eventually::eventually;

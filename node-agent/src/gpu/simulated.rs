@@ -16,6 +16,10 @@ use crate::Error;
 /// Power limit reported for every simulated GPU, in watts (an H100 SXM's TDP).
 pub const POWER_LIMIT_WATTS: f64 = 700.0;
 
+/// Every simulated GPU's UUID starts with this; no real NVIDIA UUID does (theirs are
+/// `GPU-` followed by hex), so runtimes can tell them apart.
+pub const UUID_PREFIX: &str = "GPU-SIM-";
+
 /// `count` synthetic GPUs of one model.
 #[derive(Debug, Clone)]
 pub struct SimulatedGpus {
@@ -40,7 +44,7 @@ impl SimulatedGpus {
 
 /// The stable UUID of simulated GPU `index` on `node_id`.
 pub fn uuid(node_id: &str, index: u32) -> String {
-    format!("GPU-SIM-{node_id}-{index}")
+    format!("{UUID_PREFIX}{node_id}-{index}")
 }
 
 impl GpuInventory for SimulatedGpus {

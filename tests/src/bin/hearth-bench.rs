@@ -1,0 +1,393 @@
+//! `hearth-bench`: Hearth's benchmarks. Each starts what it needs (broker, agent, the test
+//! worker in Docker), prints its figures and the machine it ran on, and ends with one JSON
+//! line. Benchmarks never gate CI on a time. Run with `scripts/bench.sh turns --json`.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use hearth_sdk::proto::v1::{
+    CreateSessionRequest, DeleteSessionRequest, InvokeRequest, NodeState, PortSpec, ReadinessProbe,
+    SessionSpec, create_session_request, invoke_response, readiness_probe,
+    sessions_client::SessionsClient,
+};
+use hearth_tests::{
+    api, eventually, images,
+    process::{Agent, Broker},
+};
+use tonic::transport::Channel;
+
+const USAGE: &str = "usage: hearth-bench turns [--json] [--turns N] [--seconds S] [--concurrency C]
+
+turns   Invoke turn latency (1 KiB, one in flight) through Hearth vs a direct HTTP call to
+        the same worker, the loopback TCP floor of one hop, and throughput at C in flight.
+        Starts a broker, an agent (docker runtime) and the test worker image.";
+
+struct Options {
+    json: bool,
+    turns: usize,
+    seconds: u64,
+    concurrency: usize,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Options> {
+    let mut o = Options {
+        json: false,
+        turns: 3000,
+        seconds: 5,
+        concurrency: 64,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| -> anyhow::Result<usize> {
+            it.next()
+                .with_context(|| format!("{name} needs a value"))?
+                .parse()
+                .with_context(|| format!("{name} must be a number"))
+        };
+        match a.as_str() {
+            "--json" => o.json = true,
+            "--turns" => o.turns = value("--turns")?.max(100),
+            "--seconds" => o.seconds = value("--seconds")?.max(1) as u64,
+            "--concurrency" => o.concurrency = value("--concurrency")?.max(1),
+            other => bail!("unknown option {other:?}\n\n{USAGE}"),
+        }
+    }
+    Ok(o)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("turns") => turns(parse(&args[1..])?).await,
+        Some("-h" | "--help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown benchmark {other:?}\n\n{USAGE}"),
+    }
+}
+
+fn percentile(sorted_us: &[f64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() - 1) as f64 * p).round() as usize;
+    sorted_us[i]
+}
+
+fn summarize(mut samples: Vec<Duration>) -> (f64, f64) {
+    let mut us: Vec<f64> = samples.drain(..).map(|d| d.as_secs_f64() * 1e6).collect();
+    us.sort_by(|a, b| a.total_cmp(b));
+    (percentile(&us, 0.5), percentile(&us, 0.99))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+/// One hop of raw TCP on loopback: 1 KiB out, 1 KiB back.
+fn tcp_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.set_nodelay(true);
+            let mut buf = [0u8; 1024];
+            while s.read_exact(&mut buf).is_ok() {
+                if s.write_all(&buf).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let out = [7u8; 1024];
+    let mut back = [0u8; 1024];
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let t = Instant::now();
+        s.write_all(&out)?;
+        s.read_exact(&mut back)?;
+        if i >= 200 {
+            samples.push(t.elapsed());
+        }
+    }
+    Ok(samples)
+}
+
+/// A keep-alive HTTP/1.1 client over one socket, as a model-server client would use.
+fn direct_http(addr: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut s =
+        TcpStream::connect(addr).with_context(|| format!("connect to the worker at {addr}"))?;
+    s.set_nodelay(true)?;
+    let body = vec![b'x'; 1024];
+    let mut request = format!(
+        "POST /echo HTTP/1.1\r\nHost: worker\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let mut samples = Vec::with_capacity(n);
+    let mut buf = vec![0u8; 8192];
+    for i in 0..n + 200 {
+        let t = Instant::now();
+        s.write_all(&request)?;
+        read_http_response(&mut s, &mut buf)?;
+        if i >= 200 {
+            samples.push(t.elapsed());
+        }
+    }
+    Ok(samples)
+}
+
+fn read_http_response(s: &mut TcpStream, buf: &mut [u8]) -> anyhow::Result<()> {
+    let mut have = 0;
+    loop {
+        let n = s.read(&mut buf[have..])?;
+        if n == 0 {
+            bail!("worker closed the connection");
+        }
+        have += n;
+        let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .context("response without content-length")?;
+        let total = end + 4 + length;
+        while have < total {
+            let n = s.read(&mut buf[have..])?;
+            if n == 0 {
+                bail!("worker closed mid-body");
+            }
+            have += n;
+        }
+        return Ok(());
+    }
+}
+
+async fn invoke(
+    client: &mut SessionsClient<Channel>,
+    session: &str,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(u32, Vec<u8>)> {
+    let mut stream = client
+        .invoke(InvokeRequest {
+            session_id: session.to_owned(),
+            port: 8080,
+            method: method.to_owned(),
+            path: path.to_owned(),
+            body,
+            ..InvokeRequest::default()
+        })
+        .await?
+        .into_inner();
+    let mut status = 0;
+    let mut out = Vec::new();
+    while let Some(piece) = stream.message().await? {
+        match piece.event {
+            Some(invoke_response::Event::Head(h)) => status = h.status,
+            Some(invoke_response::Event::Body(b)) => out.extend_from_slice(&b),
+            None => {}
+        }
+    }
+    Ok((status, out))
+}
+
+fn json_field(body: &[u8], field: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let at = text.find(&format!("\"{field}\":"))? + field.len() + 3;
+    let rest = text[at..].trim_start();
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim().trim_matches('"').to_owned())
+}
+
+async fn turns(o: Options) -> anyhow::Result<()> {
+    if !images::docker_or_skip() {
+        bail!("the turns benchmark needs Docker");
+    }
+    let image = images::worker_image()?;
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store").display().to_string();
+    let state = dir.path().join("agent").display().to_string();
+    let broker = Broker::spawn(dir.path(), "bench-broker", &["--store-path", &store])?;
+    let agent = Agent::spawn(
+        dir.path(),
+        "bench-node",
+        &[&broker.url],
+        &[
+            "--simulate-gpus",
+            "1",
+            "--runtime",
+            "docker",
+            "--state-dir",
+            &state,
+        ],
+    )?;
+    eventually("bench node READY", Duration::from_secs(30), || async {
+        Ok(api::node(&broker.url, &agent.node_id)
+            .await
+            .ok()
+            .filter(|n| n.state() == NodeState::Ready))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", broker.proc.log_tail(), agent.proc.log_tail()))?;
+
+    let channel = api::channel(&broker.url);
+    let mut client = SessionsClient::new(channel.clone());
+    let created = Instant::now();
+    let session = client
+        .create_session(CreateSessionRequest {
+            source: Some(create_session_request::Source::Spec(SessionSpec {
+                image: image.to_owned(),
+                env: [("WARMUP_MS".to_owned(), "500".to_owned())].into(),
+                ports: vec![PortSpec {
+                    port: 8080,
+                    name: "http".into(),
+                }],
+                readiness: Some(ReadinessProbe {
+                    check: Some(readiness_probe::Check::TcpPort(8080)),
+                    ..ReadinessProbe::default()
+                }),
+                ..SessionSpec::default()
+            })),
+            ..CreateSessionRequest::default()
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("CreateSession: {s}\n{}", agent.proc.log_tail()))?
+        .into_inner();
+    let create_ms = created.elapsed().as_secs_f64() * 1e3;
+    let ip = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &session.container_id,
+        ])
+        .output()?;
+    let worker = format!("{}:8080", String::from_utf8_lossy(&ip.stdout).trim());
+
+    let floor = summarize(tcp_floor(o.turns)?);
+    let direct = summarize(direct_http(&worker, o.turns)?);
+
+    let body = vec![b'x'; 1024];
+    for _ in 0..200 {
+        invoke(&mut client, &session.id, "POST", "/echo", body.clone()).await?;
+    }
+    let mut samples = Vec::with_capacity(o.turns);
+    for _ in 0..o.turns {
+        let t = Instant::now();
+        let (status, echoed) =
+            invoke(&mut client, &session.id, "POST", "/echo", body.clone()).await?;
+        samples.push(t.elapsed());
+        if status != 200 || echoed.len() != body.len() {
+            bail!("turn answered {status} with {} bytes", echoed.len());
+        }
+    }
+    let turn = summarize(samples);
+
+    let deadline = Instant::now() + Duration::from_secs(o.seconds);
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..o.concurrency {
+        let mut c = SessionsClient::new(channel.clone());
+        let (id, body, done, failed) = (
+            session.id.clone(),
+            body.clone(),
+            done.clone(),
+            failed.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                match invoke(&mut c, &id, "POST", "/echo", body.clone()).await {
+                    Ok((200, _)) => done.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    _ => failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let turns_per_s =
+        done.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+    let mut hosts = std::collections::BTreeSet::new();
+    let mut warmups = String::new();
+    for _ in 0..20 {
+        let (_, state) = invoke(&mut client, &session.id, "GET", "/state", Vec::new()).await?;
+        hosts.insert(json_field(&state, "hostname").unwrap_or_default());
+        warmups = json_field(&state, "warmups").unwrap_or_default();
+    }
+    client
+        .delete_session(DeleteSessionRequest {
+            id: session.id.clone(),
+        })
+        .await?;
+
+    let report = [
+        ("tcp_floor_p50_us", format!("{:.1}", floor.0)),
+        ("p50_direct_us", format!("{:.1}", direct.0)),
+        ("p99_direct_us", format!("{:.1}", direct.1)),
+        ("p50_turn_us", format!("{:.1}", turn.0)),
+        ("p99_turn_us", format!("{:.1}", turn.1)),
+        ("p50_overhead_us", format!("{:.1}", turn.0 - direct.0)),
+        ("p99_overhead_us", format!("{:.1}", turn.1 - direct.1)),
+        ("turns_per_s", format!("{turns_per_s:.0}")),
+        (
+            "turns_failed_under_load",
+            failed
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
+        ),
+        ("concurrency", o.concurrency.to_string()),
+        ("cold_starts", warmups.clone()),
+        ("distinct_containers", hosts.len().to_string()),
+        ("create_to_ready_ms", format!("{create_ms:.0}")),
+        ("turns_measured", o.turns.to_string()),
+    ];
+    println!("machine: {}", machine());
+    println!("worker: {image} in Docker at {worker} (warm-up 500 ms)");
+    for (k, v) in &report {
+        println!("{k:>24}: {v}");
+    }
+    if o.json {
+        let fields: Vec<String> = report
+            .iter()
+            .map(|(k, v)| {
+                if v.parse::<f64>().is_ok() {
+                    format!("\"{k}\":{v}")
+                } else {
+                    format!("\"{k}\":\"{v}\"")
+                }
+            })
+            .chain([format!("\"machine\":\"{}\"", machine().replace('"', "'"))])
+            .collect();
+        println!("{{{}}}", fields.join(","));
+    }
+    Ok(())
+}
