@@ -519,7 +519,9 @@ impl Sessions {
             )
             .await;
         match reply {
-            Ok(reply) => {
+            // The node may have reported READY (or FAILED) before this Reply was read:
+            // only a session still PLACED moves to STARTING.
+            Ok(reply) if entry.state() == SessionState::Placed => {
                 self.transition(
                     cluster,
                     leader,
@@ -532,6 +534,7 @@ impl Sessions {
                 )
                 .await
             }
+            Ok(_) => Ok(()),
             Err(e) => {
                 let reason = e.to_string();
                 self.fail(
@@ -649,7 +652,9 @@ impl Sessions {
             return Ok(());
         }
         match status.state() {
-            SessionState::Ready if current == SessionState::Starting => {
+            SessionState::Ready
+                if matches!(current, SessionState::Placed | SessionState::Starting) =>
+            {
                 entry.touch();
                 self.transition(
                     cluster,
@@ -658,6 +663,9 @@ impl Sessions {
                     SessionState::Ready,
                     "readiness probe passed",
                     |s| {
+                        if !status.container_id.is_empty() {
+                            s.container_id = status.container_id.clone();
+                        }
                         s.ready_at = Some(hearth_sdk::time::now());
                         s.cold_starts += 1;
                     },

@@ -16,6 +16,16 @@ pub fn channel(url: &str) -> Channel {
         .connect_lazy()
 }
 
+/// A channel with no per-request timeout, for calls that legitimately take long (a
+/// CreateSession that waits for READY, a long Exec). Tests bound them with their own
+/// deadlines.
+pub fn long_channel(url: &str) -> Channel {
+    Endpoint::from_shared(url.to_owned())
+        .expect("valid URL")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
+}
+
 /// An Admin client for `url`.
 pub fn admin(url: &str) -> AdminClient<Channel> {
     AdminClient::new(channel(url))

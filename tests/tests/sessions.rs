@@ -75,7 +75,7 @@ impl Fixture {
         .map_err(|e| {
             anyhow::anyhow!("{e}\n{}\n{}", broker.proc.log_tail(), agent.proc.log_tail())
         })?;
-        let client = SessionsClient::new(api::channel(&broker.url));
+        let client = SessionsClient::new(api::long_channel(&broker.url));
         Ok(Some(Self {
             broker,
             agent,
@@ -202,6 +202,18 @@ impl Fixture {
         ))
     }
 
+    /// A create that must succeed; on failure the error carries both processes' logs.
+    async fn create_ok(&mut self, spec: SessionSpec) -> anyhow::Result<Session> {
+        match self.create(spec).await {
+            Ok(s) => Ok(s),
+            Err(status) => Err(anyhow::anyhow!(
+                "CreateSession: {status}\n{}\n{}",
+                self.broker.proc.log_tail(),
+                self.agent.proc.log_tail()
+            )),
+        }
+    }
+
     /// The argv that runs the test worker's tool mode inside the session.
     fn tool(&self, args: &[&'static str]) -> Vec<&'static str> {
         let program: &'static str = match self.runtime {
@@ -298,7 +310,7 @@ async fn warm_session_scenario(runtime: Runtime) -> anyhow::Result<()> {
     // Exec streams stdout and stderr, then the exit code.
     let (out, _, code, pieces) = f.exec(&id, &f.tool(&["lines", "3", "50"]), b"").await?;
     assert_eq!(code, 0);
-    assert_eq!(String::from_utf8(out)?, "line 0\nline 1\nline 2\n");
+    assert_eq!(String::from_utf8(out)?, "line 1\nline 2\nline 3\n");
     assert!(
         pieces >= 3,
         "output streamed as it was written ({pieces} pieces)"
@@ -359,7 +371,7 @@ async fn warm_session_scenario(runtime: Runtime) -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(deleted.state(), SessionState::Stopped);
     assert!(!f.workload_exists(&paused), "no workload left behind");
-    let again = f.create(f.spec(0, None)).await?;
+    let again = f.create_ok(f.spec(0, None)).await?;
     assert_eq!(
         again.gpu_uuids, session.gpu_uuids,
         "the freed GPU was allocated again"
@@ -388,7 +400,7 @@ async fn bad_input_scenario(runtime: Runtime) -> anyhow::Result<()> {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("spec.image"), "{err:?}");
 
-    let session = f.create(f.spec(0, None)).await?;
+    let session = f.create_ok(f.spec(0, None)).await?;
     let err = f
         .client
         .invoke(InvokeRequest {
@@ -450,7 +462,7 @@ async fn bad_input_scenario(runtime: Runtime) -> anyhow::Result<()> {
             "the failed workload was removed"
         );
     }
-    let next = f.create(f.spec(0, None)).await?;
+    let next = f.create_ok(f.spec(0, None)).await?;
     assert_eq!(
         next.gpu_uuids, failed.gpu_uuids,
         "the failed session's GPU was freed"

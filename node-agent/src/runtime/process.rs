@@ -163,6 +163,12 @@ impl ProcessRuntime {
         self.state_dir.join(format!("{session}.log"))
     }
 
+    /// The session's private scratch directory: its working directory and `TMPDIR`, as a
+    /// container's own filesystem would be. Removed when the session stops.
+    fn scratch_dir(&self, session: &str) -> PathBuf {
+        self.state_dir.join(format!("{session}.d"))
+    }
+
     /// The session's state: from the cache, else from its file. `None` if it has none.
     fn load(&self, session: &str) -> Result<Option<ProcessState>, RuntimeError> {
         check_session_id(session)?;
@@ -224,7 +230,13 @@ impl ProcessRuntime {
                 Err(e) => return Err(backend(format!("cannot remove {}: {e}", path.display()))),
             }
         }
-        Ok(())
+        match std::fs::remove_dir_all(self.scratch_dir(session)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(backend(format!(
+                "cannot remove the scratch directory of {session}: {e}"
+            ))),
+        }
     }
 
     /// The workload as seen now.
@@ -330,6 +342,10 @@ impl Runtime for ProcessRuntime {
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.insert("CUDA_VISIBLE_DEVICES".into(), request.gpu_uuids.join(","));
         env.insert("HEARTH_SESSION_ID".into(), session.clone());
+        let scratch = self.scratch_dir(session);
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| backend(format!("cannot create {}: {e}", scratch.display())))?;
+        env.insert("TMPDIR".into(), scratch.display().to_string());
         for (port, host_port) in &ports {
             env.insert(format!("HEARTH_PORT_{port}"), host_port.to_string());
         }
@@ -350,6 +366,7 @@ impl Runtime for ProcessRuntime {
             .map_err(|e| backend(format!("cannot open {}: {e}", log_path.display())))?;
         let mut child = Command::new(&executable)
             .args(&spec.command)
+            .current_dir(&scratch)
             .env_clear()
             .envs(&env)
             .stdin(Stdio::null())

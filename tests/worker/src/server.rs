@@ -48,7 +48,9 @@ pub fn serve() -> Result<ExitCode, String> {
     let warmup_ms = env_number("WARMUP_MS", 0)?;
     let state_dir = std::env::var_os("STATE_DIR")
         .filter(|d| !d.is_empty())
-        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        // Default: the temporary directory (TMPDIR), which is private per session under
+        // both runtimes.
+        .map_or_else(std::env::temp_dir, PathBuf::from);
     let started_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
