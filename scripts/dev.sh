@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Hearth on this machine: a broker with the embedded store and one node agent with
-# two simulated GPUs, ready to take requests on 127.0.0.1:7700. Ctrl-C stops both.
+# two simulated GPUs, ready to take sessions on 127.0.0.1:7700. Sessions run in Docker
+# when an engine answers, else as processes. Ctrl-C stops both.
 #
 #   scripts/dev.sh            # simulated GPUs (labelled simulated everywhere)
 #   scripts/dev.sh --nvml     # real GPUs through NVML (needs the NVIDIA driver)
@@ -36,8 +37,12 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
-echo "==> starting hearth-agent (${gpu_flags[*]:-real GPUs via NVML})"
-./target/debug/hearth-agent --broker http://127.0.0.1:7700 "${gpu_flags[@]}" &
+# Sessions run as Docker containers when an engine answers, else as child processes.
+runtime=process
+if docker info >/dev/null 2>&1; then runtime=docker; fi
+echo "==> starting hearth-agent (${gpu_flags[*]:-real GPUs via NVML}; $runtime runtime)"
+./target/debug/hearth-agent --broker http://127.0.0.1:7700 "${gpu_flags[@]}" \
+    --runtime "$runtime" --state-dir "$PWD/hearth-data/agent" &
 pids+=($!)
 
 cat <<'MSG'

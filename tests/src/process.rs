@@ -215,6 +215,12 @@ impl Agent {
             "--admin-addr".to_owned(),
             admin.clone(),
         ];
+        // Control-plane tests need no Docker: the process runtime unless told otherwise.
+        if !extra.contains(&"--runtime") {
+            let state = dir.join(format!("{node_id}-state"));
+            args.extend(["--runtime".to_owned(), "process".to_owned()]);
+            args.extend(["--state-dir".to_owned(), state.display().to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn(
             node_id,
