@@ -745,34 +745,7 @@ impl Sessions {
         entry: &Arc<Entry>,
         why: &str,
     ) -> Result<Session> {
-        let _lifecycle = entry.lifecycle.lock().await;
-        match entry.state() {
-            SessionState::Paused => return Ok(entry.snapshot()),
-            SessionState::Ready => {}
-            other => {
-                return Err(Error::FailedPrecondition(format!(
-                    "session is {}; only a READY session can be paused",
-                    other.as_str_name()
-                )));
-            }
-        }
-        let record = lock(&entry.record).clone();
-        let meta = Self::meta(&record, leader);
-        let command_id = meta.command_id.clone();
-        let connection = self.connection(cluster, &record.node_id)?;
-        cluster
-            .turns
-            .command(
-                &record.node_id,
-                &connection,
-                &command_id,
-                broker_message::Msg::PauseSession(PauseSessionCommand { meta: Some(meta) }),
-                COMMAND_TIMEOUT,
-            )
-            .await?;
-        self.transition(cluster, leader, entry, SessionState::Paused, why, |_| {})
-            .await?;
-        Ok(entry.snapshot())
+        self.freeze(cluster, leader, entry, true, why).await
     }
 
     /// Unfreezes a PAUSED session (a READY one is left alone).
@@ -783,20 +756,46 @@ impl Sessions {
         entry: &Arc<Entry>,
         why: &str,
     ) -> Result<Session> {
+        self.freeze(cluster, leader, entry, false, why).await
+    }
+
+    /// Pause (`pause`) or resume (`!pause`): one command to the node, then the state.
+    async fn freeze(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        entry: &Arc<Entry>,
+        pause: bool,
+        why: &str,
+    ) -> Result<Session> {
+        let (from, to, verb) = if pause {
+            (SessionState::Ready, SessionState::Paused, "paused")
+        } else {
+            (SessionState::Paused, SessionState::Ready, "resumed")
+        };
         let _lifecycle = entry.lifecycle.lock().await;
-        match entry.state() {
-            SessionState::Ready => return Ok(entry.snapshot()),
-            SessionState::Paused => {}
-            other => {
-                return Err(Error::FailedPrecondition(format!(
-                    "session is {}; only a PAUSED session can be resumed",
-                    other.as_str_name()
-                )));
-            }
+        let state = entry.state();
+        if state == to {
+            return Ok(entry.snapshot());
+        }
+        if state != from {
+            return Err(Error::FailedPrecondition(format!(
+                "session is {}; only a {} session can be {verb}",
+                state.as_str_name(),
+                from.as_str_name()
+            )));
         }
         let record = lock(&entry.record).clone();
-        let meta = Self::meta(&record, leader);
-        let command_id = meta.command_id.clone();
+        let meta = Some(Self::meta(&record, leader));
+        let command_id = meta
+            .as_ref()
+            .map(|m| m.command_id.clone())
+            .unwrap_or_default();
+        let command = if pause {
+            broker_message::Msg::PauseSession(PauseSessionCommand { meta })
+        } else {
+            broker_message::Msg::ResumeSession(ResumeSessionCommand { meta })
+        };
         let connection = self.connection(cluster, &record.node_id)?;
         cluster
             .turns
@@ -804,12 +803,14 @@ impl Sessions {
                 &record.node_id,
                 &connection,
                 &command_id,
-                broker_message::Msg::ResumeSession(ResumeSessionCommand { meta: Some(meta) }),
+                command,
                 COMMAND_TIMEOUT,
             )
             .await?;
-        entry.touch();
-        self.transition(cluster, leader, entry, SessionState::Ready, why, |_| {})
+        if !pause {
+            entry.touch();
+        }
+        self.transition(cluster, leader, entry, to, why, |_| {})
             .await?;
         Ok(entry.snapshot())
     }

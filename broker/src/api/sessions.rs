@@ -4,21 +4,23 @@
 use std::sync::Arc;
 
 use hearth_sdk::proto::v1::{
-    CreateSessionRequest, DeleteSessionRequest, ExecCommand, ExecRequest, ExecResponse,
-    GetSessionRequest, InvokeCommand, InvokeRequest, InvokeResponse, KeepAliveRequest,
-    KeepAliveResponse, ListSessionsRequest, ListSessionsResponse, PauseSessionRequest,
-    ResumeSessionRequest, Session, SessionEvent, SessionState, WatchSessionRequest, broker_message,
-    sessions_server::Sessions,
+    BrokerMessage, CommandMeta, CreateSessionRequest, DeleteSessionRequest, ExecCommand,
+    ExecRequest, ExecResponse, GetSessionRequest, InvokeCommand, InvokeRequest, InvokeResponse,
+    KeepAliveRequest, KeepAliveResponse, ListSessionsRequest, ListSessionsResponse,
+    PauseSessionRequest, ResumeSessionRequest, Session, SessionEvent, SessionState,
+    WatchSessionRequest, broker_message, sessions_server::Sessions,
 };
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
 use super::BoxStream;
 use crate::{
-    cluster::Cluster,
+    cluster::{Cluster, LeaderState},
     convert,
     error::{Error, Result},
+    nodes::Connection,
     sessions::is_terminal,
+    turns::{TurnStream, Turns},
 };
 
 /// The tenant every request belongs to until authentication assigns real ones.
@@ -39,6 +41,49 @@ impl SessionsService {
     /// A service over the shared state.
     pub fn new(cluster: Arc<Cluster>) -> Self {
         Self { cluster }
+    }
+
+    /// Routes a turn to its session's workload: resumes a paused session, registers the
+    /// turn's output stream, sends the command down the node's stream, and keeps the
+    /// session busy (no idle pause) until the stream ends.
+    async fn start_turn<T: Send + 'static>(
+        &self,
+        leader: &LeaderState,
+        session_id: &str,
+        open: impl FnOnce(&Turns, &str, &Connection, &str) -> TurnStream<T>,
+        command: impl FnOnce(CommandMeta, String) -> broker_message::Msg,
+    ) -> Result<BoxStream<T>> {
+        let (route, connection) = self
+            .cluster
+            .sessions
+            .route(&self.cluster, leader, DEFAULT_TENANT, session_id)
+            .await?;
+        let turn_id = ulid::Ulid::new().to_string();
+        let stream = open(&self.cluster.turns, &route.node_id, &connection, &turn_id)
+            .with_registry(self.cluster.turns.clone());
+        let meta = CommandMeta {
+            command_id: turn_id.clone(),
+            epoch: leader.epoch,
+            session_id: session_id.to_owned(),
+            generation: route.generation,
+        };
+        self.cluster.metrics.turns_total.inc();
+        connection
+            .tx
+            .send(BrokerMessage {
+                msg: Some(command(meta, turn_id)),
+            })
+            .await
+            .map_err(|_| {
+                Error::Unavailable(
+                    "the session's node disconnected; the turn was not run (retry)".to_owned(),
+                )
+            })?;
+        let guard = route.guard;
+        Ok(Box::pin(stream.map(move |item| {
+            let _busy = &guard;
+            item
+        })))
     }
 }
 
@@ -211,34 +256,22 @@ impl Sessions for SessionsService {
                 .map_err(|r| Error::invalid("timeout", r))?;
         }
         let leader = self.cluster.require_leader().await?;
-        let (route, connection) = self
-            .cluster
-            .sessions
-            .route(&self.cluster, &leader, DEFAULT_TENANT, &request.session_id)
-            .await?;
-        let turn_id = ulid::Ulid::new().to_string();
+        let session_id = request.session_id.clone();
         let stream = self
-            .cluster
-            .turns
-            .open_exec(&route.node_id, &connection, &turn_id)
-            .with_registry(self.cluster.turns.clone());
-        let command = broker_message::Msg::Exec(ExecCommand {
-            meta: Some(hearth_sdk::proto::v1::CommandMeta {
-                command_id: turn_id.clone(),
-                epoch: leader.epoch,
-                session_id: request.session_id.clone(),
-                generation: route.generation,
-            }),
-            turn_id,
-            request: Some(request),
-        });
-        send_turn(&self.cluster, &connection, command).await?;
-        // The guard rides along with the stream: the session stays busy until it ends.
-        let guard = route.guard;
-        Ok(Response::new(Box::pin(stream.map(move |item| {
-            let _busy = &guard;
-            item
-        }))))
+            .start_turn(
+                &leader,
+                &session_id,
+                |turns, node, connection, turn| turns.open_exec(node, connection, turn),
+                |meta, turn_id| {
+                    broker_message::Msg::Exec(ExecCommand {
+                        meta: Some(meta),
+                        turn_id,
+                        request: Some(request),
+                    })
+                },
+            )
+            .await?;
+        Ok(Response::new(stream))
     }
 
     type InvokeStream = BoxStream<InvokeResponse>;
@@ -296,33 +329,22 @@ impl Sessions for SessionsService {
             )
             .into());
         }
-        let (route, connection) = self
-            .cluster
-            .sessions
-            .route(&self.cluster, &leader, DEFAULT_TENANT, &request.session_id)
-            .await?;
-        let turn_id = ulid::Ulid::new().to_string();
+        let session_id = request.session_id.clone();
         let stream = self
-            .cluster
-            .turns
-            .open_invoke(&route.node_id, &connection, &turn_id)
-            .with_registry(self.cluster.turns.clone());
-        let command = broker_message::Msg::Invoke(InvokeCommand {
-            meta: Some(hearth_sdk::proto::v1::CommandMeta {
-                command_id: turn_id.clone(),
-                epoch: leader.epoch,
-                session_id: request.session_id.clone(),
-                generation: route.generation,
-            }),
-            turn_id,
-            request: Some(request),
-        });
-        send_turn(&self.cluster, &connection, command).await?;
-        let guard = route.guard;
-        Ok(Response::new(Box::pin(stream.map(move |item| {
-            let _busy = &guard;
-            item
-        }))))
+            .start_turn(
+                &leader,
+                &session_id,
+                |turns, node, connection, turn| turns.open_invoke(node, connection, turn),
+                |meta, turn_id| {
+                    broker_message::Msg::Invoke(InvokeCommand {
+                        meta: Some(meta),
+                        turn_id,
+                        request: Some(request),
+                    })
+                },
+            )
+            .await?;
+        Ok(Response::new(stream))
     }
 
     async fn pause_session(
@@ -384,24 +406,6 @@ impl Sessions for SessionsService {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// Sends a turn command down the node's stream, waiting for room (backpressure).
-async fn send_turn(
-    cluster: &Cluster,
-    connection: &crate::nodes::Connection,
-    msg: broker_message::Msg,
-) -> Result<()> {
-    cluster.metrics.turns_total.inc();
-    connection
-        .tx
-        .send(hearth_sdk::proto::v1::BrokerMessage { msg: Some(msg) })
-        .await
-        .map_err(|_| {
-            Error::Unavailable(
-                "the session's node disconnected; the turn was not run (retry)".to_owned(),
-            )
-        })
 }
 
 #[cfg(test)]
