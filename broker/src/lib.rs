@@ -47,7 +47,6 @@ use hearth_sdk::proto::v1::{
 };
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -188,9 +187,12 @@ pub async fn run(
         .add_service(NodeAgentServer::new(
             api::node_agent::NodeAgentService::new(cluster.clone()),
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-            grpc_stop.cancelled().await
-        });
+        // Turns are small request/response exchanges: without TCP_NODELAY, Nagle's
+        // algorithm meets delayed ACKs and a turn waits ~40 ms.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            async move { grpc_stop.cancelled().await },
+        );
     let server = tokio::spawn(async move { server.await.map_err(anyhow::Error::from) });
 
     shutdown.await;

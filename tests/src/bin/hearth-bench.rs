@@ -255,7 +255,7 @@ async fn turns(o: Options) -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", broker.proc.log_tail(), agent.proc.log_tail()))?;
 
-    let channel = api::channel(&broker.url);
+    let channel = api::long_channel(&broker.url);
     let mut client = SessionsClient::new(channel.clone());
     let created = Instant::now();
     let session = client
@@ -289,12 +289,14 @@ async fn turns(o: Options) -> anyhow::Result<()> {
         .output()?;
     let worker = format!("{}:8080", String::from_utf8_lossy(&ip.stdout).trim());
 
-    let floor = summarize(tcp_floor(o.turns)?);
-    let direct = summarize(direct_http(&worker, o.turns)?);
+    let floor = summarize(tcp_floor(o.turns).context("TCP floor")?);
+    let direct = summarize(direct_http(&worker, o.turns).context("direct HTTP")?);
 
     let body = vec![b'x'; 1024];
     for _ in 0..200 {
-        invoke(&mut client, &session.id, "POST", "/echo", body.clone()).await?;
+        invoke(&mut client, &session.id, "POST", "/echo", body.clone())
+            .await
+            .context("warm-up turns")?;
     }
     let mut samples = Vec::with_capacity(o.turns);
     for _ in 0..o.turns {
