@@ -3,236 +3,16 @@
 //! GPUs are simulated and sessions run on the process runtime (in a temporary state
 //! directory): this is link behaviour, not hardware or Docker.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+#[path = "support/broker.rs"]
+mod broker;
 
+use std::time::{Duration, Instant};
+
+use broker::{Agent, eventually, next_conn, start_broker, start_standby};
 use hearth_agent::{Config, RuntimeKind};
 use hearth_sdk::proto::v1::{
-    AgentMessage, BrokerMessage, CancelTurn, CommandMeta, ExecCommand, GpuSource, Hello,
-    NodeTelemetry, Reply, StartSessionCommand, Welcome, agent_message, broker_message,
-    node_agent_server::{NodeAgent, NodeAgentServer},
+    CancelTurn, CommandMeta, ExecCommand, GpuSource, StartSessionCommand, broker_message,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
-};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
-
-const DEADLINE: Duration = Duration::from_secs(15);
-
-/// Polls `check` until it returns `Some`, or fails the test after [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// One agent stream as the broker sees it, after the agent's Hello.
-struct Conn {
-    hello: Hello,
-    inbound: Streaming<AgentMessage>,
-    to_agent: mpsc::Sender<Result<BrokerMessage, Status>>,
-}
-
-impl Conn {
-    async fn send(&self, msg: broker_message::Msg) {
-        self.to_agent
-            .send(Ok(BrokerMessage { msg: Some(msg) }))
-            .await
-            .expect("agent stream open");
-    }
-
-    async fn welcome(&self, epoch: i64, telemetry_interval: Duration) {
-        self.send(broker_message::Msg::Welcome(Welcome {
-            epoch,
-            broker_id: "fake-broker".into(),
-            telemetry_interval: Some(hearth_sdk::time::duration(telemetry_interval)),
-            suspect_after: None,
-        }))
-        .await;
-    }
-
-    async fn next(&mut self) -> agent_message::Msg {
-        tokio::time::timeout(DEADLINE, self.inbound.message())
-            .await
-            .expect("agent message in time")
-            .expect("stream ok")
-            .expect("stream open")
-            .msg
-            .expect("message set")
-    }
-
-    async fn next_telemetry(&mut self) -> NodeTelemetry {
-        loop {
-            if let agent_message::Msg::Telemetry(t) = self.next().await {
-                return t;
-            }
-        }
-    }
-
-    async fn next_reply(&mut self) -> Reply {
-        loop {
-            match self.next().await {
-                agent_message::Msg::Reply(r) => return r,
-                agent_message::Msg::Telemetry(_) => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-}
-
-#[derive(Clone)]
-enum Role {
-    /// Hands every stream to the test after reading its Hello.
-    Leader(mpsc::UnboundedSender<Conn>),
-    /// Refuses every stream, naming `leader` in the `hearth-leader` metadata.
-    Standby {
-        leader: String,
-        refusals: Arc<Mutex<u32>>,
-    },
-}
-
-struct FakeBroker(Role);
-
-#[tonic::async_trait]
-impl NodeAgent for FakeBroker {
-    type ConnectStream = ReceiverStream<Result<BrokerMessage, Status>>;
-
-    async fn connect(
-        &self,
-        request: Request<Streaming<AgentMessage>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
-        match &self.0 {
-            Role::Standby { leader, refusals } => {
-                *refusals.lock().unwrap() += 1;
-                let mut status = Status::unavailable("not the leader");
-                status
-                    .metadata_mut()
-                    .insert(hearth_sdk::LEADER_METADATA_KEY, leader.parse().unwrap());
-                Err(status)
-            }
-            Role::Leader(conns) => {
-                let mut inbound = request.into_inner();
-                let hello = match inbound.message().await? {
-                    Some(AgentMessage {
-                        msg: Some(agent_message::Msg::Hello(hello)),
-                    }) => hello,
-                    other => {
-                        return Err(Status::invalid_argument(format!(
-                            "want Hello, got {other:?}"
-                        )));
-                    }
-                };
-                let (to_agent, rx) = mpsc::channel(16);
-                let _ = conns.send(Conn {
-                    hello,
-                    inbound,
-                    to_agent,
-                });
-                Ok(Response::new(ReceiverStream::new(rx)))
-            }
-        }
-    }
-}
-
-async fn start_broker(role: Role) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(NodeAgentServer::new(FakeBroker(role)))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    format!("http://{addr}")
-}
-
-async fn start_leader() -> (String, mpsc::UnboundedReceiver<Conn>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (start_broker(Role::Leader(tx)).await, rx)
-}
-
-async fn next_conn(conns: &mut mpsc::UnboundedReceiver<Conn>) -> Conn {
-    tokio::time::timeout(DEADLINE, conns.recv())
-        .await
-        .expect("agent connected in time")
-        .expect("broker running")
-}
-
-struct Agent {
-    admin: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), hearth_agent::Error>>,
-    _state_dir: tempfile::TempDir,
-}
-
-impl Agent {
-    async fn start(mut config: Config) -> Self {
-        let state_dir = tempfile::tempdir().unwrap();
-        config.state_dir = state_dir.path().to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hearth_agent::run(config, listener, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            admin,
-            stop: Some(stop),
-            task,
-            _state_dir: state_dir,
-        }
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.admin, path).await
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
-    }
-
-    async fn shutdown(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), self.task)
-            .await
-            .expect("run returns promptly after shutdown")
-            .unwrap()
-            .expect("run returns Ok");
-    }
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 fn config(brokers: &[&str]) -> Config {
     Config {
@@ -251,7 +31,7 @@ fn config(brokers: &[&str]) -> Config {
 
 #[tokio::test]
 async fn hello_welcome_telemetry_and_ready() {
-    let (url, mut conns) = start_leader().await;
+    let (url, mut conns) = start_broker().await;
     let agent = Agent::start(config(&[&url])).await;
     let mut conn = next_conn(&mut conns).await;
 
@@ -323,7 +103,7 @@ async fn hello_welcome_telemetry_and_ready() {
 
 #[tokio::test]
 async fn bad_commands_are_refused_and_stale_epochs_fenced() {
-    let (url, mut conns) = start_leader().await;
+    let (url, mut conns) = start_broker().await;
     let agent = Agent::start(config(&[&url])).await;
     let mut conn = next_conn(&mut conns).await;
     conn.welcome(5, Duration::from_secs(1)).await;
@@ -341,7 +121,7 @@ async fn bad_commands_are_refused_and_stale_epochs_fenced() {
         ..Default::default()
     }))
     .await;
-    let reply = conn.next_reply().await;
+    let reply = conn.reply().await;
     assert_eq!(reply.command_id, "c1");
     assert!(!reply.ok);
     assert_eq!(reply.code, tonic::Code::InvalidArgument as i32);
@@ -359,7 +139,7 @@ async fn bad_commands_are_refused_and_stale_epochs_fenced() {
         request: None,
     }))
     .await;
-    let reply = conn.next_reply().await;
+    let reply = conn.reply().await;
     assert_eq!(
         reply.command_id, "t2",
         "CancelTurn must not be answered; a turn's Reply carries the turn id"
@@ -379,7 +159,7 @@ async fn bad_commands_are_refused_and_stale_epochs_fenced() {
         request: None,
     }))
     .await;
-    let reply = conn.next_reply().await;
+    let reply = conn.reply().await;
     assert_eq!(
         (reply.command_id.as_str(), reply.code),
         ("t3", 3),
@@ -407,7 +187,7 @@ async fn bad_commands_are_refused_and_stale_epochs_fenced() {
 
 #[tokio::test]
 async fn ready_follows_the_stream_and_reconnect_follows_a_drop() {
-    let (url, mut conns) = start_leader().await;
+    let (url, mut conns) = start_broker().await;
     let agent = Agent::start(config(&[&url])).await;
     let conn = next_conn(&mut conns).await;
     conn.welcome(1, Duration::from_secs(1)).await;
@@ -434,13 +214,8 @@ async fn ready_follows_the_stream_and_reconnect_follows_a_drop() {
 
 #[tokio::test]
 async fn standby_redirects_to_the_leader() {
-    let (leader, mut conns) = start_leader().await;
-    let refusals = Arc::new(Mutex::new(0));
-    let standby = start_broker(Role::Standby {
-        leader: leader.clone(),
-        refusals: refusals.clone(),
-    })
-    .await;
+    let (leader, mut conns) = start_broker().await;
+    let (standby, refusals) = start_standby(&leader).await;
     // Only the standby is configured: the leader can be found only through its hint.
     let agent = Agent::start(config(&[&standby])).await;
     let conn = next_conn(&mut conns).await;
@@ -461,7 +236,7 @@ async fn standby_redirects_to_the_leader() {
 
 #[tokio::test]
 async fn missing_welcome_times_out_and_redials() {
-    let (url, mut conns) = start_leader().await;
+    let (url, mut conns) = start_broker().await;
     let agent = Agent::start(Config {
         hello_timeout: Duration::from_millis(300),
         ..config(&[&url])
@@ -482,7 +257,7 @@ async fn missing_welcome_times_out_and_redials() {
 
 #[tokio::test]
 async fn slow_broker_gets_samples_dropped_not_buffered() {
-    let (url, mut conns) = start_leader().await;
+    let (url, mut conns) = start_broker().await;
     // Many GPUs with long UUIDs make each sample large (~8 KB), so HTTP/2 flow control fills
     // quickly when the broker stops reading; after that only the bounded mailbox is left,
     // then samples are dropped.
@@ -514,7 +289,7 @@ async fn slow_broker_gets_samples_dropped_not_buffered() {
 
 #[tokio::test]
 async fn cpu_only_node_says_so() {
-    let (url, mut conns) = start_leader().await;
+    let (url, mut conns) = start_broker().await;
     let agent = Agent::start(Config {
         simulate_gpus: None,
         no_gpus: true,
@@ -529,7 +304,7 @@ async fn cpu_only_node_says_so() {
 
 #[tokio::test]
 async fn invalid_config_fails_before_dialling() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = Config {
         reconnect_backoff_min: Duration::from_secs(20),
         ..config(&["http://127.0.0.1:1"])

@@ -1,10 +1,15 @@
 //! A scripted broker for the agent's integration tests: a real tonic `NodeAgent` server on
-//! `127.0.0.1:0` that hands each agent stream to the test, and the agent itself started
-//! through the same `run` the binary calls.
+//! `127.0.0.1:0` that hands each agent stream to the test (or, as a standby, refuses it and
+//! names the leader), and the agent itself started through the same `run` the binary calls.
 
 #![allow(dead_code)] // each test crate uses its own part of this
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use hearth_agent::Config;
 use hearth_sdk::proto::v1::{
@@ -13,7 +18,8 @@ use hearth_sdk::proto::v1::{
     node_agent_server::{NodeAgent, NodeAgentServer},
 };
 use tokio::{
-    net::TcpListener,
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
@@ -141,17 +147,57 @@ impl NodeAgent for FakeBroker {
     }
 }
 
-/// Starts a broker that hands every agent stream to the returned receiver.
-pub async fn start_broker() -> (String, mpsc::UnboundedReceiver<Conn>) {
-    let (tx, rx) = mpsc::unbounded_channel();
+/// A standby: refuses every stream, naming `leader` in the `hearth-leader` metadata, and
+/// counts its refusals.
+struct Standby {
+    leader: String,
+    refusals: Arc<Mutex<u32>>,
+}
+
+#[tonic::async_trait]
+impl NodeAgent for Standby {
+    type ConnectStream = ReceiverStream<Result<BrokerMessage, Status>>;
+
+    async fn connect(
+        &self,
+        _: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        *self.refusals.lock().unwrap() += 1;
+        let mut status = Status::unavailable("not the leader");
+        status.metadata_mut().insert(
+            hearth_sdk::LEADER_METADATA_KEY,
+            self.leader.parse().unwrap(),
+        );
+        Err(status)
+    }
+}
+
+async fn serve<S: NodeAgent>(service: S) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(NodeAgentServer::new(FakeBroker(tx)))
+            .add_service(NodeAgentServer::new(service))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    (format!("http://{addr}"), rx)
+    format!("http://{addr}")
+}
+
+/// Starts a broker that hands every agent stream to the returned receiver.
+pub async fn start_broker() -> (String, mpsc::UnboundedReceiver<Conn>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (serve(FakeBroker(tx)).await, rx)
+}
+
+/// Starts a standby that sends agents to `leader`; the counter holds its refusals.
+pub async fn start_standby(leader: &str) -> (String, Arc<Mutex<u32>>) {
+    let refusals = Arc::new(Mutex::new(0));
+    let url = serve(Standby {
+        leader: leader.to_owned(),
+        refusals: refusals.clone(),
+    })
+    .await;
+    (url, refusals)
 }
 
 /// The next agent stream.
@@ -168,11 +214,18 @@ pub struct Agent {
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), hearth_agent::Error>>,
+    _state_dir: Option<tempfile::TempDir>,
 }
 
 impl Agent {
-    /// Runs the agent with `config`.
-    pub async fn start(config: Config) -> Self {
+    /// Runs the agent with `config`. A config that keeps the default `state_dir` gets a
+    /// temporary one instead, so tests never write to the host's.
+    pub async fn start(mut config: Config) -> Self {
+        let state_dir = (config.state_dir == Config::default().state_dir).then(|| {
+            let dir = tempfile::tempdir().unwrap();
+            config.state_dir = dir.path().to_owned();
+            dir
+        });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -183,7 +236,31 @@ impl Agent {
             admin,
             stop: Some(stop),
             task,
+            _state_dir: state_dir,
         }
+    }
+
+    /// GETs `path` on the agent's admin port: status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.admin).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of an unlabelled metric on `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
     }
 
     /// Stops the agent and checks that `run` returned Ok.
