@@ -128,6 +128,23 @@ pub struct LeaderInfo {
     pub epoch: i64,
 }
 
+impl LeaderInfo {
+    /// Reads the leader key: its value names the leader, its create revision is the epoch.
+    pub fn from_key(kv: &KeyValue) -> Result<Self, StoreError> {
+        use prost::Message as _;
+        let record =
+            LeaderRecord::decode(kv.value.as_slice()).map_err(|e| StoreError::Corrupt {
+                key: kv.key.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            broker_id: record.broker_id,
+            address: record.address,
+            epoch: kv.create_revision,
+        })
+    }
+}
+
 /// Held by the broker while it leads.
 #[derive(Clone, Debug)]
 pub struct Leadership {

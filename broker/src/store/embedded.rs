@@ -452,16 +452,7 @@ impl Store for EmbeddedStore {
         let Some(kv) = self.inner.lock().keys.get(LEADER_KEY).cloned() else {
             return Ok(None);
         };
-        let record =
-            LeaderRecord::decode(kv.value.as_slice()).map_err(|e| StoreError::Corrupt {
-                key: LEADER_KEY.to_owned(),
-                reason: e.to_string(),
-            })?;
-        Ok(Some(LeaderInfo {
-            broker_id: record.broker_id,
-            address: record.address,
-            epoch: kv.create_revision,
-        }))
+        LeaderInfo::from_key(&kv).map(Some)
     }
 
     async fn resign(&self, leadership: &Leadership) -> Result<(), StoreError> {
