@@ -284,14 +284,17 @@ impl Sessions {
         let checked = convert::session_spec(Some(spec))?;
         let labels = convert::session_labels(&request.labels)?;
         convert::request_id(&request.request_id)?;
-        if !request.request_id.is_empty()
-            && let Some(existing) = self
-                .by_request(cluster, tenant, &request.request_id)
-                .await?
+        if let Some(earlier) = self
+            .retried(
+                cluster,
+                tenant,
+                &request.request_id,
+                request.no_wait,
+                checked.ready_timeout,
+            )
+            .await?
         {
-            return self
-                .finish_create(cluster, existing, request.no_wait, checked.ready_timeout)
-                .await;
+            return Ok(earlier);
         }
 
         let id = ulid::Ulid::new().to_string();
@@ -341,14 +344,17 @@ impl Sessions {
             // Lost a race: to a new leader, a concurrent retry of the same request, or
             // another create that booked one of the GPUs. Find out which, then retry.
             self.after_lost_race(cluster, leader).await?;
-            if !request.request_id.is_empty()
-                && let Some(existing) = self
-                    .by_request(cluster, tenant, &request.request_id)
-                    .await?
+            if let Some(earlier) = self
+                .retried(
+                    cluster,
+                    tenant,
+                    &request.request_id,
+                    request.no_wait,
+                    checked.ready_timeout,
+                )
+                .await?
             {
-                return self
-                    .finish_create(cluster, existing, request.no_wait, checked.ready_timeout)
-                    .await;
+                return Ok(earlier);
             }
             if attempt >= 5 {
                 return Err(Error::Unavailable(
@@ -384,6 +390,28 @@ impl Sessions {
             checked.ready_timeout,
         )
         .await
+    }
+
+    /// If an earlier try of this request (same tenant and `request_id`) created a session,
+    /// that session, waited on as a fresh create would be.
+    async fn retried(
+        &self,
+        cluster: &Cluster,
+        tenant: &str,
+        request_id: &str,
+        no_wait: bool,
+        ready_timeout: Duration,
+    ) -> Result<Option<Session>> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        match self.by_request(cluster, tenant, request_id).await? {
+            Some(existing) => self
+                .finish_create(cluster, existing, no_wait, ready_timeout)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn by_request(
