@@ -23,6 +23,14 @@ pub enum Error {
         /// Its id.
         id: String,
     },
+    /// The named object exists already.
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists {
+        /// "template", ...
+        kind: &'static str,
+        /// Its name.
+        id: String,
+    },
     /// This broker is a standby; the request must go to the leader.
     #[error("{}", not_leader_message(.leader.as_ref()))]
     NotLeader {
@@ -49,6 +57,10 @@ pub enum Error {
     /// A node or the workload cannot be reached now; retryable.
     #[error("{0}")]
     Unavailable(String),
+    /// A turn could not be sent to its node, so it certainly did not run; retryable even
+    /// for a turn with side effects.
+    #[error("{0}")]
+    NotRun(String),
     /// A wait ran past its deadline.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -90,17 +102,24 @@ impl From<Error> for Status {
         let code = match &e {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::NotLeader { .. } | Error::Deposed => Code::Unavailable,
             Error::Unimplemented { .. } => Code::Unimplemented,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::Unavailable(_) | Error::NotRun(_) => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Node { code, .. } => *code,
             Error::Store(StoreError::Corrupt { .. }) => Code::Internal,
             Error::Store(_) => Code::Unavailable,
         };
         let mut status = Status::new(code, e.to_string());
+        if matches!(e, Error::NotLeader { .. } | Error::NotRun(_)) {
+            status.metadata_mut().insert(
+                hearth_sdk::NOT_RUN_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
         if let Error::NotLeader {
             leader: Some(leader),
         } = &e
@@ -132,6 +151,11 @@ mod tests {
         });
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("b1 at http://127.0.0.1:7700"));
+        assert!(
+            status
+                .metadata()
+                .contains_key(hearth_sdk::NOT_RUN_METADATA_KEY)
+        );
         assert_eq!(
             status
                 .metadata()
@@ -155,6 +179,13 @@ mod tests {
                 },
                 Code::NotFound,
             ),
+            (
+                Error::AlreadyExists {
+                    kind: "template",
+                    id: "x".into(),
+                },
+                Code::AlreadyExists,
+            ),
             (Error::Deposed, Code::Unavailable),
             (
                 Error::Store(StoreError::Unavailable("down".into())),
@@ -171,6 +202,20 @@ mod tests {
         for (e, code) in cases {
             assert_eq!(Status::from(e).code(), code);
         }
+        // Only an answer that guarantees nothing ran says so.
+        let not_run = Status::from(Error::NotRun("node n1 is disconnected".into()));
+        assert_eq!(not_run.code(), Code::Unavailable);
+        assert!(
+            not_run
+                .metadata()
+                .contains_key(hearth_sdk::NOT_RUN_METADATA_KEY)
+        );
+        let unsure = Status::from(Error::Unavailable("node n1 went away mid-turn".into()));
+        assert!(
+            !unsure
+                .metadata()
+                .contains_key(hearth_sdk::NOT_RUN_METADATA_KEY)
+        );
         let s = Status::from(Error::invalid("id", "must not be empty"));
         assert_eq!(s.message(), "invalid id: must not be empty");
     }

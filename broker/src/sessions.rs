@@ -845,7 +845,7 @@ impl Sessions {
 
     fn connection(&self, cluster: &Cluster, node_id: &str) -> Result<crate::nodes::Connection> {
         cluster.nodes.connection(node_id).ok_or_else(|| {
-            Error::Unavailable(format!(
+            Error::NotRun(format!(
                 "node {node_id} is disconnected; the turn was not run (retry later)"
             ))
         })

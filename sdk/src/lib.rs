@@ -7,14 +7,21 @@
 //!
 //! # Layout
 //! - `proto`: the generated `hearth.v1` package and its file descriptor set (for reflection).
-//! - `client`: [`Client`], a typed handle over the three user-facing services.
+//! - `client`: [`Client`], a connection to a broker with tokens, TLS, retries of
+//!   `UNAVAILABLE` with backoff, and leader redirects.
+//! - `session`: [`Session`], a handle on one session with a background keep-alive, and
+//!   its turns ([`Exec`], [`Invoke`]).
+//! - `retry`: [`RetryPolicy`] and what is safe to retry.
 //! - `time`: conversions between protobuf timestamps/durations and std types.
 //! - `ops` (feature `server`): admin HTTP (`/live`, `/ready`, `/metrics`) and tracing set-up.
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod error;
 #[cfg(feature = "server")]
 pub mod ops;
+pub mod retry;
+pub mod session;
 pub mod time;
 
 /// Generated code for the `hearth.v1` package.
@@ -31,10 +38,18 @@ pub mod proto {
     }
 }
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientBuilder, Create};
+pub use error::{Error, Result};
+pub use retry::RetryPolicy;
+pub use session::{Exec, ExecOutput, HttpResponse, Invoke, Session, TurnStream};
 
 /// The version every Hearth binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Response metadata key in which a standby broker names the leader's address.
 pub const LEADER_METADATA_KEY: &str = "hearth-leader";
+
+/// Response metadata key set on an `UNAVAILABLE` answer when the broker guarantees that
+/// the request was not acted on (a standby; a turn whose node is not connected), so a
+/// client may send it again even when it is not idempotent.
+pub const NOT_RUN_METADATA_KEY: &str = "hearth-not-run";

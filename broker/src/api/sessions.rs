@@ -75,7 +75,7 @@ impl SessionsService {
             })
             .await
             .map_err(|_| {
-                Error::Unavailable(
+                Error::NotRun(
                     "the session's node disconnected; the turn was not run (retry)".to_owned(),
                 )
             })?;

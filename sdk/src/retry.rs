@@ -1,0 +1,159 @@
+//! When a failed call is tried again, and how long to wait in between.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use crate::{LEADER_METADATA_KEY, NOT_RUN_METADATA_KEY};
+
+/// How a [`crate::Client`] retries calls that fail with `UNAVAILABLE`.
+///
+/// Unary calls are all safe to repeat: reads and keep-alives trivially, pause, resume and
+/// delete because they name the state they want, and creates because the client sends the
+/// same `request_id` each time. A turn (Exec or Invoke) may have side effects, so it is
+/// repeated only when it certainly did not run: the broker could not be dialled, or it
+/// answered that the turn was not run (a standby, or a node not connected right now).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first wait; each further wait doubles, up to `max_backoff`, with full jitter.
+    pub initial_backoff: Duration,
+    /// The longest single wait.
+    pub max_backoff: Duration,
+    /// No new attempt starts after this long since the first. Zero disables retries.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 50 ms doubling to 2 s, for up to 30 s: long enough to ride out a leader failover
+    /// (about 3 s) or a broker restart.
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            max_elapsed: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy that never retries.
+    pub fn never() -> Self {
+        Self {
+            max_elapsed: Duration::ZERO,
+            ..Self::default()
+        }
+    }
+
+    /// The wait before attempt `n + 1` (`n` counts from 0): a random point in
+    /// `[0, min(max_backoff, initial_backoff * 2^n)]`.
+    pub(crate) fn backoff(&self, n: u32) -> Duration {
+        let cap = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(n.min(20)))
+            .min(self.max_backoff);
+        cap.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// What kind of call failed, which decides whether repeating it is safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Idempotent: safe to repeat on any `UNAVAILABLE`.
+    Unary,
+    /// A turn: repeated only when it certainly did not run.
+    Turn,
+}
+
+/// Whether `status` may be retried for a call of `kind`.
+pub(crate) fn retryable(kind: Kind, status: &Status) -> bool {
+    if status.code() != Code::Unavailable {
+        return false;
+    }
+    match kind {
+        Kind::Unary => true,
+        Kind::Turn => {
+            status.metadata().contains_key(NOT_RUN_METADATA_KEY) || never_connected(status)
+        }
+    }
+}
+
+/// The leader's URL, when a standby named it.
+pub(crate) fn leader(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_METADATA_KEY)?
+        .to_str()
+        .ok()
+        .map(str::to_owned)
+}
+
+/// True when the call failed because no connection to the broker could be made, so
+/// nothing was sent.
+fn never_connected(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::NotFound
+            )
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_stays_under_it() {
+        let p = RetryPolicy::default();
+        for n in 0..40 {
+            let cap = (p.initial_backoff * 2u32.saturating_pow(n.min(20))).min(p.max_backoff);
+            let b = p.backoff(n);
+            assert!(b <= cap, "attempt {n}: {b:?} > {cap:?}");
+        }
+        // With full jitter the mean of many draws sits near half the cap.
+        let mean: f64 = (0..2000).map(|_| p.backoff(10).as_secs_f64()).sum::<f64>() / 2000.0;
+        assert!((0.7..1.3).contains(&mean), "mean {mean}");
+    }
+
+    #[test]
+    fn turns_retry_only_what_did_not_run() {
+        let plain = Status::unavailable("node gone while the turn ran");
+        assert!(retryable(Kind::Unary, &plain));
+        assert!(!retryable(Kind::Turn, &plain));
+
+        let mut not_run = Status::unavailable("the turn was not run");
+        not_run
+            .metadata_mut()
+            .insert(NOT_RUN_METADATA_KEY, "true".parse().unwrap());
+        assert!(retryable(Kind::Turn, &not_run));
+
+        let mut refused = Status::unavailable("tcp connect error");
+        refused.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert!(retryable(Kind::Turn, &refused));
+
+        assert!(!retryable(
+            Kind::Unary,
+            &Status::invalid_argument("invalid spec.image")
+        ));
+    }
+
+    #[test]
+    fn leader_comes_from_metadata() {
+        let mut s = Status::unavailable("standby");
+        assert_eq!(leader(&s), None);
+        s.metadata_mut()
+            .insert(LEADER_METADATA_KEY, "http://10.0.0.2:7700".parse().unwrap());
+        assert_eq!(leader(&s).as_deref(), Some("http://10.0.0.2:7700"));
+    }
+}
