@@ -79,7 +79,7 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut source = e.source();
     while let Some(cause) = source {
         let text = cause.to_string();
-        if !out.ends_with(&text) {
+        if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }

@@ -6,13 +6,15 @@ use tonic::{Code, Status};
 
 use crate::{LEADER_METADATA_KEY, NOT_RUN_METADATA_KEY};
 
-/// How a [`crate::Client`] retries calls that fail with `UNAVAILABLE`.
+/// How a [`crate::Client`] retries calls that fail with `UNAVAILABLE` (or whose
+/// connection broke under them).
 ///
 /// Unary calls are all safe to repeat: reads and keep-alives trivially, pause, resume and
 /// delete because they name the state they want, and creates because the client sends the
 /// same `request_id` each time. A turn (Exec or Invoke) may have side effects, so it is
-/// repeated only when it certainly did not run: the broker could not be dialled, or it
-/// answered that the turn was not run (a standby, or a node not connected right now).
+/// repeated only when it certainly did not run: the broker could not be dialled, the
+/// request never left the client, or the broker answered that the turn was not run (a
+/// standby, or a node not connected right now).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// The first wait; each further wait doubles, up to `max_backoff`, with full jitter.
@@ -66,14 +68,14 @@ pub(crate) enum Kind {
 
 /// Whether `status` may be retried for a call of `kind`.
 pub(crate) fn retryable(kind: Kind, status: &Status) -> bool {
-    if status.code() != Code::Unavailable {
-        return false;
-    }
-    match kind {
-        Kind::Unary => true,
-        Kind::Turn => {
-            status.metadata().contains_key(NOT_RUN_METADATA_KEY) || never_connected(status)
+    match (kind, status.code()) {
+        (Kind::Unary, Code::Unavailable) => true,
+        // tonic reports a connection that broke under a call as UNKNOWN.
+        (Kind::Unary, Code::Unknown) => std::error::Error::source(status).is_some(),
+        (Kind::Turn, Code::Unavailable | Code::Unknown) => {
+            status.metadata().contains_key(NOT_RUN_METADATA_KEY) || never_sent(status)
         }
+        _ => false,
     }
 }
 
@@ -87,10 +89,11 @@ pub(crate) fn leader(status: &Status) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// True when the call failed because no connection to the broker could be made, so
-/// nothing was sent.
-fn never_connected(status: &Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+/// True when the transport failed before the request left this process: no connection
+/// could be made, or the connection closed while the request still waited to be sent.
+fn never_sent(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> =
+        std::error::Error::source(status);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && matches!(
@@ -99,6 +102,11 @@ fn never_connected(status: &Status) -> bool {
                     | std::io::ErrorKind::AddrNotAvailable
                     | std::io::ErrorKind::NotFound
             )
+        {
+            return true;
+        }
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
         {
             return true;
         }
@@ -146,6 +154,16 @@ mod tests {
             Kind::Unary,
             &Status::invalid_argument("invalid spec.image")
         ));
+
+        // A broken connection: idempotent calls go again, turns do not.
+        let mut broken = Status::unknown("transport error");
+        broken.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::BrokenPipe,
+        )));
+        assert!(retryable(Kind::Unary, &broken));
+        assert!(!retryable(Kind::Turn, &broken));
+        // The workload's own UNKNOWN is not the transport's.
+        assert!(!retryable(Kind::Unary, &Status::unknown("worker said no")));
     }
 
     #[test]
