@@ -92,8 +92,7 @@ pub(crate) fn leader(status: &Status) -> Option<String> {
 /// True when the transport failed before the request left this process: no connection
 /// could be made, or the connection closed while the request still waited to be sent.
 fn never_sent(status: &Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> =
-        std::error::Error::source(status);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && matches!(
