@@ -34,6 +34,16 @@ pub struct Config {
     pub log_json: bool,
     /// OTLP/gRPC endpoint for traces, such as `http://127.0.0.1:4317`. Unset: no export.
     pub otlp_endpoint: Option<String>,
+    /// How sessions are placed.
+    pub placement: PlacementConfig,
+}
+
+/// Placement settings (DESIGN section 6).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlacementConfig {
+    /// Scoring for sessions that do not choose: `binpack` (default) or `spread`.
+    pub strategy: crate::placement::Strategy,
 }
 
 /// Where the broker keeps its state.
@@ -88,6 +98,7 @@ impl Default for Config {
             hello_timeout: Duration::from_secs(10),
             log_json: false,
             otlp_endpoint: None,
+            placement: PlacementConfig::default(),
         }
     }
 }
@@ -316,6 +327,10 @@ pub struct Args {
     /// OTLP/gRPC endpoint for traces, such as http://127.0.0.1:4317.
     #[arg(long, env = "HEARTH_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Placement scoring for sessions that do not choose: binpack fills the busiest node
+    /// that fits (keeps whole hosts free), spread the emptiest [default: binpack].
+    #[arg(long, env = "HEARTH_PLACEMENT_STRATEGY", value_enum)]
+    pub placement_strategy: Option<crate::placement::Strategy>,
 }
 
 impl Args {
@@ -346,6 +361,7 @@ impl Args {
         if self.otlp_endpoint.is_some() {
             c.otlp_endpoint = self.otlp_endpoint;
         }
+        set(&mut c.placement.strategy, self.placement_strategy);
     }
 }
 
@@ -363,6 +379,7 @@ mod tests {
         assert_eq!(c.liveness.suspect_after, Duration::from_secs(5));
         assert_eq!(c.liveness.disconnected_after, Duration::from_secs(15));
         assert_eq!(c.liveness.lost_after, Duration::from_secs(300));
+        assert_eq!(c.placement.strategy, crate::placement::Strategy::Binpack);
     }
 
     #[test]

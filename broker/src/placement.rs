@@ -2,13 +2,47 @@
 //!
 //! Filters first: the node is READY, schedulable and not draining; it carries every
 //! label of the session's node selector; the session tolerates each of its taints; and it
-//! has enough free GPUs of the wanted model and memory. Among the nodes left this version
-//! takes the first by id (first fit); scoring comes later. A pure function over a
-//! snapshot, so it is cheap to test and to retry when a transaction loses a race.
+//! has enough free, healthy GPUs of the wanted model and memory. The nodes left are then
+//! scored: bin-pack (the default) fills the busiest node that fits, which keeps whole
+//! hosts free for large sessions; spread prefers the emptiest. Ties go to the node whose
+//! chosen GPUs have the most free VRAM by the latest telemetry, then to the lower id.
+//! A pure function over a snapshot, so it is cheap to test and to retry when a
+//! transaction loses a race.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    cmp::Reverse,
+    collections::{HashMap, HashSet},
+};
 
-use hearth_sdk::proto::v1::{GpuRequest, Node, NodeState, PlacementSpec};
+use hearth_sdk::proto::v1::{Gpu, GpuRequest, Node, NodeState, PlacementSpec, PlacementStrategy};
+use serde::Deserialize;
+
+/// How the nodes that pass the filters are scored.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Fill the busiest node that fits.
+    #[default]
+    Binpack,
+    /// Prefer the emptiest node that fits.
+    Spread,
+}
+
+impl Strategy {
+    /// The request's strategy, or `default` when it leaves the choice to the cluster.
+    pub fn for_request(default: Strategy, placement: Option<&PlacementSpec>) -> Strategy {
+        match placement.map(PlacementSpec::strategy) {
+            Some(PlacementStrategy::Binpack) => Strategy::Binpack,
+            Some(PlacementStrategy::Spread) => Strategy::Spread,
+            Some(PlacementStrategy::Unspecified) | None => default,
+        }
+    }
+}
+
+/// XID codes after which a GPU gets no new sessions: it fell off the bus (79), had a
+/// double-bit or uncontained ECC error (48, 95), needs a row remap (63, 64), or its GSP
+/// firmware failed (119, 120).
+const FATAL_XIDS: [u64; 7] = [48, 63, 64, 79, 95, 119, 120];
 
 /// Where a session goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,27 +81,60 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     rest.is_empty()
 }
 
+/// A node that passed the filters, with the GPUs it would give.
+struct Candidate<'a> {
+    node: &'a Node,
+    gpus: Vec<&'a Gpu>,
+    /// Free GPUs of any model left on the node after this placement.
+    free_after: usize,
+    /// Free VRAM of the chosen GPUs, by the latest telemetry.
+    free_vram: u64,
+}
+
 /// Picks a node and GPUs, or explains why none fits (a message for RESOURCE_EXHAUSTED).
+/// `default` is the cluster's strategy, used unless the request names one.
 pub fn place(
     nodes: &[Node],
     allocated: &Allocated,
     gpus: &GpuRequest,
     placement: Option<&PlacementSpec>,
+    default: Strategy,
 ) -> Result<Placement, String> {
     let mut reasons: Vec<String> = Vec::new();
-    let mut sorted: Vec<&Node> = nodes.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    for node in sorted {
+    let mut candidates = Vec::new();
+    for node in nodes {
         match fit(node, allocated.get(&node.id), gpus, placement) {
-            Ok(gpu_uuids) => {
-                return Ok(Placement {
-                    node_id: node.id.clone(),
-                    gpu_uuids,
-                });
-            }
+            Ok(candidate) => candidates.push(candidate),
             Err(why) => reasons.push(format!("{}: {why}", node.id)),
         }
     }
+    let best = match Strategy::for_request(default, placement) {
+        Strategy::Binpack => candidates.into_iter().min_by_key(|c| {
+            (
+                c.free_after,
+                Reverse(c.node.session_ids.len()),
+                Reverse(c.free_vram),
+                c.node.id.clone(),
+            )
+        }),
+        Strategy::Spread => candidates.into_iter().min_by_key(|c| {
+            (
+                Reverse(c.free_after),
+                c.node.session_ids.len(),
+                Reverse(c.free_vram),
+                c.node.id.clone(),
+            )
+        }),
+    };
+    if let Some(c) = best {
+        let mut chosen = c.gpus;
+        chosen.sort_by_key(|g| g.index);
+        return Ok(Placement {
+            node_id: c.node.id.clone(),
+            gpu_uuids: chosen.into_iter().map(|g| g.uuid.clone()).collect(),
+        });
+    }
+    reasons.sort();
     let wanted = if gpus.count == 0 {
         "a CPU-only session".to_owned()
     } else {
@@ -85,16 +152,44 @@ pub fn place(
             "no node can take {wanted}: no nodes are registered"
         ))
     } else {
-        Err(format!("no node can take {wanted}: {}", reasons.join("; ")))
+        // A thousand nodes make a message nobody reads; the first few show the pattern.
+        const SHOWN: usize = 8;
+        let more = reasons.len().saturating_sub(SHOWN);
+        reasons.truncate(SHOWN);
+        let mut message = format!("no node can take {wanted}: {}", reasons.join("; "));
+        if more > 0 {
+            message += &format!("; and {more} more node(s)");
+        }
+        Err(message)
     }
 }
 
-fn fit(
-    node: &Node,
+/// Free memory of `gpu` by the node's latest telemetry, or its total without telemetry.
+fn free_vram(node: &Node, gpu: &Gpu) -> u64 {
+    node.telemetry
+        .as_ref()
+        .and_then(|t| t.gpus.iter().find(|s| s.uuid == gpu.uuid))
+        .map(|s| s.memory_total_bytes.saturating_sub(s.memory_used_bytes))
+        .unwrap_or(gpu.memory_total_bytes)
+}
+
+/// True when the latest telemetry reports a fatal XID for `gpu`.
+fn lost_to_xid(node: &Node, gpu: &Gpu) -> bool {
+    node.telemetry.as_ref().is_some_and(|t| {
+        t.gpus
+            .iter()
+            .filter(|s| s.uuid == gpu.uuid)
+            .flat_map(|s| &s.xid_events)
+            .any(|x| FATAL_XIDS.contains(&x.code))
+    })
+}
+
+fn fit<'a>(
+    node: &'a Node,
     allocated: Option<&HashSet<String>>,
     gpus: &GpuRequest,
     placement: Option<&PlacementSpec>,
-) -> Result<Vec<String>, String> {
+) -> Result<Candidate<'a>, String> {
     if node.state() != NodeState::Ready {
         return Err(node.state().as_str_name().to_owned());
     }
@@ -105,7 +200,9 @@ fn fit(
         return Err("draining".to_owned());
     }
     if let Some(p) = placement {
-        for (k, v) in &p.node_selector {
+        let mut selector: Vec<_> = p.node_selector.iter().collect();
+        selector.sort();
+        for (k, v) in selector {
             if node.labels.get(k) != Some(v) {
                 return Err(format!("label {k}={v} missing"));
             }
@@ -115,29 +212,39 @@ fn fit(
     if let Some(taint) = node.taints.iter().find(|t| !tolerated(t)) {
         return Err(format!("taint {taint} not tolerated"));
     }
-    let mut free: Vec<_> = node
+    let free: Vec<&Gpu> = node
         .gpus
         .iter()
         .filter(|g| allocated.is_none_or(|a| !a.contains(&g.uuid)))
+        .filter(|g| !lost_to_xid(node, g))
+        .collect();
+    let mut matching: Vec<(&Gpu, u64)> = free
+        .iter()
         .filter(|g| glob_match(&gpus.model, &g.name))
         .filter(|g| g.memory_total_bytes >= gpus.min_memory_bytes)
+        .map(|g| (*g, free_vram(node, g)))
         .collect();
-    if (free.len() as u32) < gpus.count {
-        return Err(format!("{} matching free GPU(s)", free.len()));
+    if (matching.len() as u32) < gpus.count {
+        return Err(format!("{} matching free GPU(s)", matching.len()));
     }
-    free.sort_by_key(|g| g.index);
-    Ok(free
-        .into_iter()
-        .take(gpus.count as usize)
-        .map(|g| g.uuid.clone())
-        .collect())
+    // The emptiest GPUs by VRAM first, then by index.
+    matching.sort_by_key(|(g, vram)| (Reverse(*vram), g.index));
+    matching.truncate(gpus.count as usize);
+    Ok(Candidate {
+        node,
+        free_after: free.len() - matching.len(),
+        free_vram: matching.iter().map(|(_, vram)| vram).sum(),
+        gpus: matching.into_iter().map(|(g, _)| g).collect(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use hearth_sdk::proto::v1::Gpu;
+    use hearth_sdk::proto::v1::{GpuTelemetry, NodeTelemetry, XidEvent};
 
     use super::*;
+
+    const GIB: u64 = 1 << 30;
 
     fn node(id: &str, gpus: usize, model: &str) -> Node {
         let mut n = Node {
@@ -148,7 +255,7 @@ mod tests {
                     uuid: format!("GPU-{id}-{i}"),
                     index: i as u32,
                     name: model.into(),
-                    memory_total_bytes: 80 << 30,
+                    memory_total_bytes: 80 * GIB,
                     simulated: true,
                 })
                 .collect(),
@@ -163,6 +270,34 @@ mod tests {
             count,
             ..GpuRequest::default()
         }
+    }
+
+    /// Marks `n` GPUs of `node` allocated (from index 0).
+    fn allocate(allocated: &mut Allocated, node: &Node, n: usize) {
+        let set = allocated.entry(node.id.clone()).or_default();
+        set.extend(node.gpus.iter().take(n).map(|g| g.uuid.clone()));
+    }
+
+    /// Telemetry with `used` bytes of memory in use on GPU `index`, and `xid` if any.
+    fn sample(node: &mut Node, index: usize, used: u64, xid: Option<u64>) {
+        let gpu = node.gpus[index].clone();
+        let telemetry = node.telemetry.get_or_insert_with(NodeTelemetry::default);
+        telemetry.gpus.push(GpuTelemetry {
+            uuid: gpu.uuid,
+            memory_used_bytes: used,
+            memory_total_bytes: gpu.memory_total_bytes,
+            xid_events: xid
+                .map(|code| XidEvent { code, time: None })
+                .into_iter()
+                .collect(),
+            ..GpuTelemetry::default()
+        });
+    }
+
+    fn strategy(s: PlacementStrategy) -> PlacementSpec {
+        let mut p = PlacementSpec::default();
+        p.set_strategy(s);
+        p
     }
 
     #[test]
@@ -182,94 +317,330 @@ mod tests {
         }
     }
 
+    /// Every filter, one row each: a node that only that filter rules out, the request,
+    /// and the reason the error gives for it. Each row is checked twice: alone, the
+    /// placement fails naming the reason; beside a good node, the good node is chosen.
     #[test]
-    fn filters() {
-        let mut cordoned = node("a", 8, "H100");
-        cordoned.schedulable = false;
-        let mut suspect = node("b", 8, "H100");
-        suspect.set_state(NodeState::Suspect);
-        let mut draining = node("c", 8, "H100");
-        draining.draining = true;
-        let mut tainted = node("d", 8, "H100");
-        tainted.taints = vec!["dedicated".into()];
-        let small = node("e", 1, "H100");
-        let other_model = node("f", 8, "A100");
-        let good = node("g", 8, "H100");
-        let nodes = vec![
-            cordoned,
-            suspect,
-            draining,
-            tainted,
-            small,
-            other_model,
-            good,
-        ];
-        let request = GpuRequest {
-            count: 2,
-            model: "H100".into(),
+    fn every_filter_rules_out_its_node_and_says_why() {
+        type Tweak = fn(&mut Node);
+        let h100 = |count| GpuRequest {
+            count,
+            model: "H100*".into(),
             ..GpuRequest::default()
         };
-        let p = place(&nodes, &Allocated::new(), &request, None).unwrap();
-        assert_eq!(p.node_id, "g");
-        assert_eq!(p.gpu_uuids, vec!["GPU-g-0", "GPU-g-1"]);
+        let rows: Vec<(&str, Tweak, GpuRequest, Option<PlacementSpec>, &str)> = vec![
+            (
+                "suspect",
+                |n| n.set_state(NodeState::Suspect),
+                want(1),
+                None,
+                "NODE_STATE_SUSPECT",
+            ),
+            (
+                "disconnected",
+                |n| n.set_state(NodeState::Disconnected),
+                want(1),
+                None,
+                "NODE_STATE_DISCONNECTED",
+            ),
+            (
+                "down",
+                |n| n.set_state(NodeState::Down),
+                want(1),
+                None,
+                "NODE_STATE_DOWN",
+            ),
+            (
+                "cordoned",
+                |n| n.schedulable = false,
+                want(1),
+                None,
+                "cordoned",
+            ),
+            ("draining", |n| n.draining = true, want(1), None, "draining"),
+            (
+                "tainted",
+                |n| n.taints = vec!["dedicated".into()],
+                want(1),
+                None,
+                "taint dedicated not tolerated",
+            ),
+            (
+                "unlabelled",
+                |_| {},
+                want(1),
+                Some(PlacementSpec {
+                    node_selector: [("zone".to_owned(), "eu".to_owned())].into(),
+                    ..PlacementSpec::default()
+                }),
+                "label zone=eu missing",
+            ),
+            (
+                "model",
+                |n| n.gpus.iter_mut().for_each(|g| g.name = "A100".into()),
+                h100(1),
+                None,
+                "0 matching free GPU(s)",
+            ),
+            (
+                "memory",
+                |n| {
+                    n.gpus
+                        .iter_mut()
+                        .for_each(|g| g.memory_total_bytes = 40 * GIB)
+                },
+                GpuRequest {
+                    count: 1,
+                    min_memory_bytes: 80 * GIB,
+                    ..GpuRequest::default()
+                },
+                None,
+                "0 matching free GPU(s)",
+            ),
+            (
+                "count",
+                |n| n.gpus.truncate(1),
+                want(2),
+                None,
+                "1 matching free GPU(s)",
+            ),
+            (
+                "xid",
+                |n| {
+                    for i in 0..n.gpus.len() {
+                        sample(n, i, 0, Some(79));
+                    }
+                },
+                want(1),
+                None,
+                "0 matching free GPU(s)",
+            ),
+        ];
+        for (name, tweak, request, spec, reason) in rows {
+            let mut bad = node("bad", 2, "H100 80GB");
+            tweak(&mut bad);
+            // The good node carries the label so that the selector row isolates `bad`.
+            let mut good = node("good", 2, "H100 80GB");
+            good.labels.insert("zone".into(), "eu".into());
 
+            let alone = place(
+                std::slice::from_ref(&bad),
+                &Allocated::new(),
+                &request,
+                spec.as_ref(),
+                Strategy::Binpack,
+            )
+            .unwrap_err();
+            assert!(alone.contains(&format!("bad: {reason}")), "{name}: {alone}");
+
+            for s in [Strategy::Binpack, Strategy::Spread] {
+                let p = place(
+                    &[bad.clone(), good.clone()],
+                    &Allocated::new(),
+                    &request,
+                    spec.as_ref(),
+                    s,
+                )
+                .unwrap_or_else(|e| panic!("{name} {s:?}: {e}"));
+                assert_eq!(p.node_id, "good", "{name} {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn tolerations_and_selectors_admit_their_nodes() {
+        let mut tainted = node("a", 1, "H100");
+        tainted.taints = vec!["dedicated".into()];
+        let mut labelled = node("b", 1, "H100");
+        labelled.labels.insert("zone".into(), "eu".into());
+        let nodes = [tainted, labelled];
         let tolerate = PlacementSpec {
             tolerations: vec!["dedicated".into()],
             ..PlacementSpec::default()
         };
-        assert_eq!(
-            place(&nodes, &Allocated::new(), &request, Some(&tolerate))
-                .unwrap()
-                .node_id,
-            "d"
-        );
+        // Without the toleration only b fits; with it, both do and id breaks the tie.
+        let p = |spec: Option<&PlacementSpec>| {
+            place(&nodes, &Allocated::new(), &want(1), spec, Strategy::Binpack).map(|p| p.node_id)
+        };
+        assert_eq!(p(None).unwrap(), "b");
+        assert_eq!(p(Some(&tolerate)).unwrap(), "a");
     }
 
     #[test]
     fn allocated_gpus_are_skipped_and_exhaustion_is_explained() {
         let nodes = vec![node("a", 2, "H100")];
         let mut allocated = Allocated::new();
-        allocated
-            .entry("a".into())
-            .or_default()
-            .insert("GPU-a-0".into());
-        let p = place(&nodes, &allocated, &want(1), None).unwrap();
+        allocate(&mut allocated, &nodes[0], 1);
+        let p = place(&nodes, &allocated, &want(1), None, Strategy::Binpack).unwrap();
         assert_eq!(p.gpu_uuids, vec!["GPU-a-1"]);
-        allocated.get_mut("a").unwrap().insert("GPU-a-1".into());
-        let err = place(&nodes, &allocated, &want(1), None).unwrap_err();
+        allocate(&mut allocated, &nodes[0], 2);
+        let err = place(&nodes, &allocated, &want(1), None, Strategy::Binpack).unwrap_err();
         assert!(err.contains("a: 0 matching free GPU(s)"), "{err}");
         // A CPU-only session still fits.
         assert_eq!(
-            place(&nodes, &allocated, &want(0), None).unwrap().gpu_uuids,
+            place(&nodes, &allocated, &want(0), None, Strategy::Binpack)
+                .unwrap()
+                .gpu_uuids,
             Vec::<String>::new()
+        );
+        assert!(
+            place(&[], &Allocated::new(), &want(0), None, Strategy::Binpack)
+                .unwrap_err()
+                .contains("no nodes are registered")
         );
     }
 
     #[test]
-    fn selector_and_memory() {
-        let mut labelled = node("b", 1, "H100");
-        labelled.labels.insert("zone".into(), "eu".into());
-        let nodes = vec![node("a", 1, "H100"), labelled];
-        let selector = PlacementSpec {
-            node_selector: [("zone".to_owned(), "eu".to_owned())].into(),
-            ..PlacementSpec::default()
-        };
+    fn a_long_refusal_is_cut_short() {
+        let nodes: Vec<Node> = (0..20)
+            .map(|i| node(&format!("n{i:02}"), 1, "H100"))
+            .collect();
+        let err = place(&nodes, &Allocated::new(), &want(2), None, Strategy::Binpack).unwrap_err();
+        assert!(err.contains("n00: 1 matching free GPU(s)"), "{err}");
+        assert!(err.ends_with("and 12 more node(s)"), "{err}");
+    }
+
+    /// Both scoring modes over the same fleet: an 8-GPU node with 6 in use, an 8-GPU node
+    /// with 2 in use, and an empty 8-GPU node.
+    #[test]
+    fn binpack_fills_the_busiest_node_and_spread_the_emptiest() {
+        let nodes = vec![
+            node("empty", 8, "H100"),
+            node("half", 8, "H100"),
+            node("full", 8, "H100"),
+        ];
+        let mut allocated = Allocated::new();
+        allocate(&mut allocated, &nodes[1], 2);
+        allocate(&mut allocated, &nodes[2], 6);
+        let rows = [
+            // (cluster default, request's strategy, GPUs, chosen node)
+            (Strategy::Binpack, None, 1, "full"),
+            (Strategy::Binpack, None, 2, "full"),
+            // Three do not fit on "full" any more: the next busiest.
+            (Strategy::Binpack, None, 3, "half"),
+            // Eight need a whole host, which bin-packing kept free.
+            (Strategy::Binpack, None, 8, "empty"),
+            (Strategy::Spread, None, 1, "empty"),
+            (Strategy::Spread, None, 8, "empty"),
+            // The request overrides the cluster's default, both ways.
+            (
+                Strategy::Binpack,
+                Some(PlacementStrategy::Spread),
+                1,
+                "empty",
+            ),
+            (
+                Strategy::Spread,
+                Some(PlacementStrategy::Binpack),
+                1,
+                "full",
+            ),
+            (
+                Strategy::Spread,
+                Some(PlacementStrategy::Unspecified),
+                1,
+                "empty",
+            ),
+            // CPU-only sessions are scored the same way.
+            (Strategy::Binpack, None, 0, "full"),
+            (Strategy::Spread, None, 0, "empty"),
+        ];
+        for (default, request, count, expect) in rows {
+            let spec = request.map(strategy);
+            let p = place(&nodes, &allocated, &want(count), spec.as_ref(), default).unwrap();
+            assert_eq!(p.node_id, expect, "{default:?} {request:?} {count} GPU(s)");
+            assert_eq!(p.gpu_uuids.len(), count as usize);
+        }
+    }
+
+    /// Bin-packing many one-GPU sessions in a row fills one host before the next.
+    #[test]
+    fn binpack_in_sequence_fills_hosts_one_by_one() {
+        let nodes = vec![node("a", 4, "H100"), node("b", 4, "H100")];
+        let mut allocated = Allocated::new();
+        let mut order = Vec::new();
+        for _ in 0..8 {
+            let p = place(&nodes, &allocated, &want(1), None, Strategy::Binpack).unwrap();
+            allocated
+                .entry(p.node_id.clone())
+                .or_default()
+                .extend(p.gpu_uuids);
+            order.push(p.node_id);
+        }
+        assert_eq!(order, ["a", "a", "a", "a", "b", "b", "b", "b"]);
+
+        let mut allocated = Allocated::new();
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let p = place(&nodes, &allocated, &want(1), None, Strategy::Spread).unwrap();
+            allocated
+                .entry(p.node_id.clone())
+                .or_default()
+                .extend(p.gpu_uuids);
+            order.push(p.node_id);
+        }
+        assert_eq!(order, ["a", "b", "a", "b"]);
+    }
+
+    /// Equal scores go to the node whose chosen GPUs have the most free VRAM, and within
+    /// a node the emptiest GPUs are chosen.
+    #[test]
+    fn ties_break_on_free_vram_from_telemetry() {
+        let mut busy = node("a", 2, "H100");
+        sample(&mut busy, 0, 70 * GIB, None);
+        sample(&mut busy, 1, 60 * GIB, None);
+        let mut idle = node("b", 2, "H100");
+        sample(&mut idle, 0, 10 * GIB, None);
+        sample(&mut idle, 1, 50 * GIB, None);
+        let nodes = [busy, idle];
+        for s in [Strategy::Binpack, Strategy::Spread] {
+            let p = place(&nodes, &Allocated::new(), &want(1), None, s).unwrap();
+            assert_eq!(p.node_id, "b", "{s:?}");
+            assert_eq!(p.gpu_uuids, vec!["GPU-b-0"], "{s:?}");
+        }
+        // Within a node: GPU 1 has more free memory than GPU 0 on "a".
+        let p = place(
+            &nodes[..1],
+            &Allocated::new(),
+            &want(1),
+            None,
+            Strategy::Binpack,
+        )
+        .unwrap();
+        assert_eq!(p.gpu_uuids, vec!["GPU-a-1"]);
+        // Several GPUs come back in index order whatever the VRAM order.
+        let p = place(
+            &nodes[..1],
+            &Allocated::new(),
+            &want(2),
+            None,
+            Strategy::Binpack,
+        )
+        .unwrap();
+        assert_eq!(p.gpu_uuids, vec!["GPU-a-0", "GPU-a-1"]);
+    }
+
+    #[test]
+    fn a_gpu_with_a_fatal_xid_is_skipped_and_others_are_not() {
+        let mut n = node("a", 2, "H100");
+        sample(&mut n, 0, 0, Some(79));
+        sample(&mut n, 1, 0, Some(31)); // a page fault in one app: not fatal
+        let p = place(&[n], &Allocated::new(), &want(1), None, Strategy::Binpack).unwrap();
+        assert_eq!(p.gpu_uuids, vec!["GPU-a-1"]);
+    }
+
+    #[test]
+    fn strategy_reads_from_toml_and_the_request() {
+        #[derive(Deserialize)]
+        struct T {
+            s: Strategy,
+        }
+        let t: T = toml::from_str("s = \"spread\"").unwrap();
+        assert_eq!(t.s, Strategy::Spread);
+        assert!(toml::from_str::<T>("s = \"random\"").is_err());
         assert_eq!(
-            place(&nodes, &Allocated::new(), &want(1), Some(&selector))
-                .unwrap()
-                .node_id,
-            "b"
-        );
-        let big = GpuRequest {
-            count: 1,
-            min_memory_bytes: 100 << 30,
-            ..GpuRequest::default()
-        };
-        assert!(place(&nodes, &Allocated::new(), &big, None).is_err());
-        assert!(
-            place(&[], &Allocated::new(), &want(0), None)
-                .unwrap_err()
-                .contains("no nodes are registered")
+            Strategy::for_request(Strategy::Spread, None),
+            Strategy::Spread
         );
     }
 }

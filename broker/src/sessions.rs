@@ -319,8 +319,14 @@ impl Sessions {
             let nodes = cluster.nodes.list();
             let allocated = lock(&self.allocated).clone();
             let place =
-                placement::place(&nodes, &allocated, &gpus, checked.spec.placement.as_ref())
-                    .map_err(Error::ResourceExhausted)?;
+                placement::place(
+                    &nodes,
+                    &allocated,
+                    &gpus,
+                    checked.spec.placement.as_ref(),
+                    cluster.config.placement.strategy,
+                )
+                .map_err(Error::ResourceExhausted)?;
             record.node_id = place.node_id.clone();
             record.gpu_uuids = place.gpu_uuids.clone();
             let mut txn = Txn::fenced(leader.epoch)
