@@ -37,8 +37,8 @@ cargo fmt --all --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "building binaries (end-to-end tests run them)"
-cargo build --workspace --bins
+step "building binaries and examples (end-to-end tests run them)"
+cargo build --workspace --bins --examples
 
 step "cargo test"
 cargo test --workspace

@@ -337,3 +337,36 @@ async fn errors_say_what_went_wrong() -> anyhow::Result<()> {
     assert_eq!(err.code(), Some(Code::NotFound), "{err}");
     Ok(())
 }
+
+/// `sdk/examples/agent_loop.rs`, as a user runs it, against a live broker and agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_loop_example_runs() -> anyhow::Result<()> {
+    let example = hearth_tests::process::bin_dir().join("examples/agent_loop");
+    anyhow::ensure!(
+        example.exists(),
+        "{} is missing: build it with `cargo build --workspace --bins --examples`",
+        example.display()
+    );
+    let f = Fixture::start().await?;
+    let out = tokio::process::Command::new(&example)
+        .args([f.broker.url.as_str(), f.worker().as_str()])
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for turn in 1..=3 {
+        let line = format!("turn {turn}: counter={turn} tool said \"tool call {turn}\" (exit 0)");
+        assert!(stdout.contains(&line), "missing {line:?} in\n{stdout}");
+    }
+    assert!(stdout.contains("(cold starts: 1)"), "{stdout}");
+    assert!(stdout.contains("kept alive: idle deadline in"), "{stdout}");
+    assert!(
+        stdout.contains("deleted: SESSION_STATE_STOPPED"),
+        "{stdout}"
+    );
+    Ok(())
+}
