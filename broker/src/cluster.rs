@@ -1,4 +1,5 @@
-//! The broker's shared state: config, store, role (leader or standby), nodes and events.
+//! The broker's shared state: config, store, role (leader or standby), nodes, sessions,
+//! templates and events.
 //! Every gRPC service holds an `Arc<Cluster>`.
 
 use std::{
@@ -15,8 +16,10 @@ use crate::{
     events::Events,
     metrics::Metrics,
     nodes::Nodes,
+    pools::Pools,
     sessions::Sessions,
     store::{LeaderInfo, Leadership, Store},
+    templates::Templates,
     turns::Turns,
 };
 
@@ -65,6 +68,10 @@ pub struct Cluster {
     pub nodes: Nodes,
     /// Live sessions.
     pub sessions: Sessions,
+    /// Templates.
+    pub templates: Templates,
+    /// Warm-pool bookkeeping.
+    pub pools: Pools,
     /// Commands and turns in flight to agents.
     pub turns: Arc<Turns>,
     /// Cluster events.
@@ -99,6 +106,8 @@ impl Cluster {
             store,
             nodes,
             sessions: Sessions::default(),
+            templates: Templates::default(),
+            pools: Pools::default(),
             turns: Arc::new(Turns::new(metrics.clone())),
             events,
             metrics,
@@ -138,7 +147,8 @@ impl Cluster {
         }
     }
 
-    /// Takes up leadership: loads nodes from the store, then starts acting as leader.
+    /// Takes up leadership: loads nodes, sessions (with their warm-pool memberships) and
+    /// templates from the store, then starts acting as leader.
     pub async fn become_leader(&self, leadership: &Leadership) -> Result<()> {
         let state = LeaderState {
             epoch: leadership.epoch,
@@ -148,6 +158,8 @@ impl Cluster {
         };
         self.nodes.load(&state).await?;
         self.sessions.load(self).await?;
+        self.templates.load(self).await?;
+        self.pools.clear();
         self.metrics.is_leader.set(1);
         self.metrics.epoch.set(state.epoch);
         self.metrics.leader_elections_total.inc();
@@ -180,6 +192,8 @@ impl Cluster {
         }
         self.nodes.clear();
         self.sessions.clear();
+        self.templates.clear();
+        self.pools.clear();
         self.metrics.is_leader.set(0);
         self.metrics.epoch.set(0);
     }

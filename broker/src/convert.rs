@@ -498,11 +498,113 @@ pub fn session_id(field: &str, id: &str) -> Result<()> {
         .map_err(|_| Error::invalid(field, format!("{id:?} is not a session id")))
 }
 
+/// Label keys starting with this are the broker's own (such as [`POOL_LABEL`]); users may
+/// not set them, so the broker's markers can be trusted.
+pub const RESERVED_LABEL_PREFIX: &str = "hearth.";
+/// The label an unclaimed warm-pool member carries: its template's name.
+pub const POOL_LABEL: &str = "hearth.pool";
+
 /// Checks user labels on a session.
 pub fn session_labels(
     labels_in: &std::collections::HashMap<String, String>,
 ) -> Result<BTreeMap<String, String>> {
-    labels("labels", labels_in)
+    let checked = labels("labels", labels_in)?;
+    if let Some(k) = checked
+        .keys()
+        .find(|k| k.starts_with(RESERVED_LABEL_PREFIX))
+    {
+        return Err(Error::invalid(
+            format!("labels[{k}]"),
+            format!("keys starting with {RESERVED_LABEL_PREFIX:?} are reserved for the broker"),
+        ));
+    }
+    Ok(checked)
+}
+
+/// Longest template name (a DNS label).
+pub const MAX_TEMPLATE_NAME_LEN: usize = 63;
+/// Longest template description.
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
+/// Largest warm pool one template may ask for. Every member holds its GPUs, so a typo
+/// such as 1000 would otherwise book the whole fleet.
+pub const MAX_WARM_POOL: u32 = 64;
+
+/// Checks a template name: 1-63 lowercase letters, digits and '-'.
+pub fn template_name(field: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if name.len() > MAX_TEMPLATE_NAME_LEN {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "is {} characters; at most {MAX_TEMPLATE_NAME_LEN}",
+                name.len()
+            ),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(Error::invalid(
+            field,
+            format!("{name:?} contains {c:?}; use lowercase letters, digits and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A template that passed validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckedTemplate {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// The spec, checked exactly as CreateSession checks one, with defaults filled in.
+    pub spec: CheckedSpec,
+    /// READY, unclaimed sessions to keep.
+    pub warm_pool: u32,
+}
+
+/// Checks the `template` field of CreateTemplate and UpdateTemplate. Errors name the
+/// field under `template.` (`template.spec.image`). `tenant`, `pool_ready` and
+/// `created_at` are ignored: the broker sets them.
+pub fn template(t: Option<hearth_sdk::proto::v1::Template>) -> Result<CheckedTemplate> {
+    let t = t.ok_or_else(|| Error::invalid("template", "is required"))?;
+    template_name("template.name", &t.name)?;
+    if t.description.len() > MAX_DESCRIPTION_LEN {
+        return Err(Error::invalid(
+            "template.description",
+            format!(
+                "is {} bytes; at most {MAX_DESCRIPTION_LEN}",
+                t.description.len()
+            ),
+        ));
+    }
+    if t.warm_pool > MAX_WARM_POOL {
+        return Err(Error::invalid(
+            "template.warm_pool",
+            format!("{} is more than {MAX_WARM_POOL}", t.warm_pool),
+        ));
+    }
+    let spec = session_spec(t.spec).map_err(|e| match e {
+        Error::InvalidArgument { field, reason } => Error::InvalidArgument {
+            field: format!("template.{field}"),
+            reason: reason
+                .replace("(or give a template)", "")
+                .trim_end()
+                .to_owned(),
+        },
+        other => other,
+    })?;
+    Ok(CheckedTemplate {
+        name: t.name,
+        description: t.description,
+        spec,
+        warm_pool: t.warm_pool,
+    })
 }
 
 /// Checks an idempotency key.
@@ -626,6 +728,72 @@ mod spec_tests {
         }
         match session_spec(None) {
             Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "spec"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn template_names_follow_the_proto_rules() {
+        for good in ["a", "llama-70b", "x1", &"a".repeat(63)] {
+            assert!(template_name("name", good).is_ok(), "{good}");
+        }
+        for bad in ["", "Llama", "a_b", "a.b", "a/b", "é", &"a".repeat(64)] {
+            match template_name("name", bad) {
+                Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "name"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_templates_name_the_field() {
+        use hearth_sdk::proto::v1::Template;
+        let good_template = || Template {
+            name: "llama".into(),
+            spec: Some(good()),
+            warm_pool: 2,
+            ..Template::default()
+        };
+        let checked = template(Some(good_template())).unwrap();
+        assert_eq!(checked.warm_pool, 2);
+        assert_eq!(checked.spec.idle_action, IdleAction::Pause, "spec defaults");
+        type Breaker = fn(&mut Template);
+        let cases: Vec<(Breaker, &str)> = vec![
+            (|t| t.name.clear(), "template.name"),
+            (|t| t.name = "Big".into(), "template.name"),
+            (|t| t.spec = None, "template.spec"),
+            (
+                |t| t.spec.as_mut().unwrap().image.clear(),
+                "template.spec.image",
+            ),
+            (
+                |t| t.spec.as_mut().unwrap().gpus.as_mut().unwrap().count = 99,
+                "template.spec.gpus.count",
+            ),
+            (|t| t.warm_pool = 1000, "template.warm_pool"),
+            (|t| t.description = "x".repeat(5000), "template.description"),
+        ];
+        for (break_it, field) in cases {
+            let mut t = good_template();
+            break_it(&mut t);
+            match template(Some(t)) {
+                Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected an error naming {field}, got {other:?}"),
+            }
+        }
+        match template(None) {
+            Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "template"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn broker_label_keys_are_reserved() {
+        let ok = [("team".to_owned(), "a".to_owned())].into();
+        assert!(session_labels(&ok).is_ok());
+        let spoof = [(POOL_LABEL.to_owned(), "x".to_owned())].into();
+        match session_labels(&spoof) {
+            Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "labels[hearth.pool]"),
             other => panic!("{other:?}"),
         }
     }

@@ -102,6 +102,21 @@ pub async fn check_sessions(cluster: Arc<Cluster>, shutdown: CancellationToken) 
     }
 }
 
+/// Keeps warm pools full while this broker leads: a pass on a short timer, and at once
+/// when a claim, a member ending or a template change wakes it.
+pub async fn fill_pools(cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = cluster.pools.woken() => {}
+            _ = tokio::time::sleep(crate::pools::RECONCILE_PERIOD) => {}
+        }
+        if let Role::Leader(leader) = cluster.role() {
+            crate::pools::reconcile(&cluster, &leader).await;
+        }
+    }
+}
+
 /// Sleeps; true if shutdown came first.
 async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {

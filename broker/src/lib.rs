@@ -15,7 +15,9 @@
 //! - `cluster.rs`: shared state every service holds (role, store, nodes, events).
 //! - `nodes.rs`: the node registry, agent streams and liveness transitions.
 //! - `placement.rs`: which node and GPUs a session gets.
-//! - `sessions.rs`: session records, lifecycle, idle policy, GPU allocation.
+//! - `sessions.rs`: session records, lifecycle, idle policy, GPU allocation, claims.
+//! - `templates.rs`: template records, per tenant.
+//! - `pools.rs`: warm pools: claiming a member, and the reconciler that keeps them full.
 //! - `turns.rs`: commands and turns in flight to agents; routing their output back.
 //! - `convert.rs`: the proto boundary; validation that names the field.
 //! - `api.rs` + `api/`: one file per `hearth.v1` gRPC service.
@@ -34,8 +36,10 @@ pub mod leader;
 pub mod metrics;
 pub mod nodes;
 pub mod placement;
+pub mod pools;
 pub mod sessions;
 pub mod store;
+pub mod templates;
 pub mod turns;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -145,6 +149,7 @@ pub async fn run(
     let election = tokio::spawn(leader::run(cluster.clone(), stop.clone()));
     let liveness = tokio::spawn(leader::check_liveness(cluster.clone(), stop.clone()));
     let idle = tokio::spawn(leader::check_sessions(cluster.clone(), stop.clone()));
+    let pools = tokio::spawn(leader::fill_pools(cluster.clone(), stop.clone()));
     let health = tokio::spawn(report_health(
         cluster.watch_role(),
         health_reporter,
@@ -202,6 +207,7 @@ pub async fn run(
     let _ = election.await;
     let _ = liveness.await;
     let _ = idle.await;
+    let _ = pools.await;
     let _ = health.await;
     for (name, task) in [("gRPC server", server), ("admin HTTP server", admin_server)] {
         let abort = task.abort_handle();

@@ -42,6 +42,14 @@ pub struct Metrics {
     pub sessions_created_total: Counter,
     /// Turns (Exec and Invoke) routed.
     pub turns_total: Counter,
+    /// Template creates served by claiming a warm-pool member.
+    pub pool_claims_total: Counter,
+    /// Template creates that found no free member and started cold.
+    pub pool_misses_total: Counter,
+    /// Warm-pool members booked.
+    pub pool_fills_total: Counter,
+    /// Failed tries to fill a warm pool (no capacity, start or readiness failure).
+    pub pool_fill_failures_total: Counter,
     /// Turns cancelled because their reader stopped reading.
     pub turns_cancelled_slow_total: Counter,
 }
@@ -110,6 +118,26 @@ impl Metrics {
             "turns_cancelled_slow",
             "Turns cancelled because their reader stopped reading",
             self.turns_cancelled_slow_total.clone(),
+        );
+        r.register(
+            "pool_claims",
+            "Template creates served by claiming a warm-pool member",
+            self.pool_claims_total.clone(),
+        );
+        r.register(
+            "pool_misses",
+            "Template creates that found no free warm-pool member and started cold",
+            self.pool_misses_total.clone(),
+        );
+        r.register(
+            "pool_fills",
+            "Warm-pool members booked",
+            self.pool_fills_total.clone(),
+        );
+        r.register(
+            "pool_fill_failures",
+            "Failed tries to fill a warm pool",
+            self.pool_fill_failures_total.clone(),
         );
         r.register(
             "events_dropped",

@@ -435,6 +435,11 @@ impl Nodes {
         nodes
     }
 
+    /// The node's liveness state, if it is known.
+    pub fn state(&self, node_id: &str) -> Option<NodeState> {
+        self.lock().get(node_id).map(|e| e.node.state())
+    }
+
     /// The stream to a node's agent, if it is connected.
     pub fn connection(&self, node_id: &str) -> Option<Connection> {
         self.lock().get(node_id).and_then(|e| e.connection.clone())

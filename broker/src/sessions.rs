@@ -12,9 +12,16 @@
 //! `idle_timeout` without a turn or keep-alive, and with nothing running, `idle_action`
 //! pauses (CPU frozen, VRAM kept) or stops it; the next turn resumes a paused session
 //! transparently, without a new warm-up.
+//!
+//! Warm-pool members (`pools.rs` decides how many) are sessions like any other, plus a
+//! membership key created in their create transaction. Until claimed they are not idled,
+//! paused or given turns; a claim rewrites the record for its caller and deletes the key
+//! in one transaction. Every write of a session record holds the entry's `revision` lock,
+//! so writes reach the store in the order they were made in memory and a claim can
+//! compare on the record's exact mod revision.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -24,8 +31,8 @@ use std::{
 
 use hearth_sdk::proto::v1::{
     CommandMeta, CreateSessionRequest, IdleAction, PauseSessionCommand, ResumeSessionCommand,
-    RunningSession, Session, SessionEvent, SessionState, StartSessionCommand, StopSessionCommand,
-    broker_message, create_session_request,
+    RunningSession, Session, SessionEvent, SessionSpec, SessionState, StartSessionCommand,
+    StopSessionCommand, broker_message, create_session_request,
 };
 use prost::Message as _;
 use tokio::sync::watch;
@@ -33,10 +40,11 @@ use tonic::Code;
 
 use crate::{
     cluster::{Cluster, LeaderState},
-    convert,
+    convert::{self, CheckedSpec},
     error::{Error, Result},
     placement::{self, Allocated},
     store::{Compare, LEADER_KEY, StoreError, Txn},
+    templates::{self, TemplateId},
 };
 
 /// Key prefix of session records.
@@ -81,7 +89,11 @@ pub struct Entry {
     /// Serialises lifecycle transitions (pause, resume, stop) of this session.
     lifecycle: tokio::sync::Mutex<()>,
     last_activity: Mutex<Instant>,
-    created: Instant,
+    /// The session record's mod revision in the store. Held across every write of the
+    /// record, so writes land in the order memory changed.
+    revision: tokio::sync::Mutex<i64>,
+    /// Where `max_lifetime` counts from: creation, or the claim for a pool member.
+    lifetime_from: Mutex<Instant>,
     idle_timeout: Duration,
     idle_action: IdleAction,
     max_lifetime: Option<Duration>,
@@ -90,7 +102,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(record: Session, created: Instant) -> Arc<Self> {
+    fn new(record: Session, lifetime_from: Instant, revision: i64) -> Arc<Self> {
         let checked = convert::session_spec(record.spec.clone()).ok();
         let event = event_for(&record, "loaded");
         Arc::new(Self {
@@ -105,7 +117,8 @@ impl Entry {
             changes: watch::Sender::new(event),
             lifecycle: tokio::sync::Mutex::new(()),
             last_activity: Mutex::new(Instant::now()),
-            created,
+            revision: tokio::sync::Mutex::new(revision),
+            lifetime_from: Mutex::new(lifetime_from),
             inflight: AtomicU32::new(0),
             dirty: AtomicBool::new(false),
         })
@@ -130,6 +143,10 @@ impl Entry {
 
     fn state(&self) -> SessionState {
         lock(&self.record).state()
+    }
+
+    fn id(&self) -> String {
+        lock(&self.record).id.clone()
     }
 
     fn touch(&self) {
@@ -169,11 +186,69 @@ pub struct Route {
     pub guard: TurnGuard,
 }
 
+/// What a new session is made from.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// Owner tenant.
+    pub tenant: String,
+    /// The checked spec.
+    pub spec: CheckedSpec,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The template it comes from; empty for none.
+    pub template: String,
+    /// The caller's idempotency key; empty for none.
+    pub request_id: String,
+    /// True for an unclaimed member of `template`'s warm pool.
+    pub pool: bool,
+}
+
+/// What booking a session gave.
+pub enum Booked {
+    /// A new session, placed and recorded; its start has not been sent yet.
+    New(Arc<Entry>),
+    /// An earlier try of the same request created this one.
+    Earlier(Box<Session>),
+}
+
+/// An unclaimed warm-pool member.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    /// Its template: (tenant, name).
+    pub template: TemplateId,
+    /// Its pool key.
+    pub key: String,
+    /// The pool key's mod revision (it never changes while the key exists).
+    pub key_revision: i64,
+    /// A claim or a stop has taken it; nobody else may.
+    busy: bool,
+}
+
 /// The registry of live sessions.
 #[derive(Default)]
 pub struct Sessions {
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     allocated: Mutex<Allocated>,
+    /// Unclaimed warm-pool members by session id. Lock order: `pooled`, then `entries`.
+    pooled: Mutex<HashMap<String, Membership>>,
+    /// Pool keys found at load whose session is not live: deleted by the reconciler.
+    stale_pool_keys: Mutex<Vec<String>>,
+}
+
+/// Fails with `Deposed` (and gives leadership up) unless the leader key is still ours. A
+/// fenced write that failed means either a compare of the caller's failed or another
+/// broker leads; this tells them apart.
+pub async fn check_still_leader(cluster: &Cluster, leader: &LeaderState) -> Result<()> {
+    let ours = cluster
+        .store
+        .get(LEADER_KEY)
+        .await?
+        .is_some_and(|kv| kv.create_revision == leader.epoch);
+    if !ours {
+        leader.depose();
+        return Err(Error::Deposed);
+    }
+    Ok(())
 }
 
 impl Sessions {
@@ -192,16 +267,45 @@ impl Sessions {
             }
             let node = allocated.entry(s.node_id.clone()).or_default();
             node.extend(s.gpu_uuids.iter().cloned());
-            let age = s
-                .created_at
-                .as_ref()
-                .and_then(hearth_sdk::time::system_time)
+            let lifetime_from = lifetime_start(&s);
+            let age = lifetime_from
                 .and_then(|t| SystemTime::now().duration_since(t).ok())
                 .unwrap_or_default();
-            let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-            entries.insert(s.id.clone(), Entry::new(s, created));
+            let from = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            entries.insert(s.id.clone(), Entry::new(s, from, kv.mod_revision));
         }
-        tracing::info!(sessions = entries.len(), "loaded live sessions");
+        let mut pooled = HashMap::new();
+        let mut stale = Vec::new();
+        for kv in cluster.store.list(templates::POOL_PREFIX).await? {
+            let member = templates::parse_pool_key(&kv.key).and_then(|(tenant, template, id)| {
+                let live = entries
+                    .get(id)
+                    .is_some_and(|e: &Arc<Entry>| lock(&e.record).tenant == tenant);
+                live.then(|| {
+                    let m = Membership {
+                        template: (tenant.to_owned(), template.to_owned()),
+                        key: kv.key.clone(),
+                        key_revision: kv.mod_revision,
+                        busy: false,
+                    };
+                    (id.to_owned(), m)
+                })
+            });
+            match member {
+                Some((id, m)) => {
+                    pooled.insert(id, m);
+                }
+                None => stale.push(kv.key.clone()),
+            }
+        }
+        tracing::info!(
+            sessions = entries.len(),
+            pool_members = pooled.len(),
+            stale_pool_keys = stale.len(),
+            "loaded live sessions"
+        );
+        *lock(&self.pooled) = pooled;
+        *lock(&self.stale_pool_keys) = stale;
         *lock(&self.entries) = entries;
         *lock(&self.allocated) = allocated;
         Ok(())
@@ -209,6 +313,8 @@ impl Sessions {
 
     /// Forgets everything (leadership lost).
     pub fn clear(&self) {
+        lock(&self.pooled).clear();
+        lock(&self.stale_pool_keys).clear();
         lock(&self.entries).clear();
         lock(&self.allocated).clear();
     }
@@ -263,7 +369,8 @@ impl Sessions {
         Ok(s)
     }
 
-    /// Places and starts a session; waits for READY unless `no_wait`.
+    /// Places and starts a session from a spec, or from a template (claiming a warm-pool
+    /// member when one is free); waits for READY unless `no_wait`.
     pub async fn create(
         &self,
         cluster: &Cluster,
@@ -273,11 +380,17 @@ impl Sessions {
     ) -> Result<Session> {
         let spec = match request.source {
             Some(create_session_request::Source::Spec(spec)) => spec,
-            Some(create_session_request::Source::Template(_)) => {
-                return Err(Error::Unimplemented {
-                    rpc: "hearth.v1.Sessions/CreateSession",
-                    what: "templates are not available yet; pass a spec",
-                });
+            Some(create_session_request::Source::Template(name)) => {
+                return crate::pools::create_from_template(
+                    cluster,
+                    leader,
+                    tenant,
+                    &name,
+                    &request.labels,
+                    &request.request_id,
+                    request.no_wait,
+                )
+                .await;
             }
             None => return Err(Error::invalid("spec", "is required (or give a template)")),
         };
@@ -296,14 +409,57 @@ impl Sessions {
         {
             return Ok(earlier);
         }
+        let launch = Launch {
+            tenant: tenant.to_owned(),
+            spec: checked,
+            labels,
+            template: String::new(),
+            request_id: request.request_id,
+            pool: false,
+        };
+        self.launch(cluster, leader, launch, request.no_wait).await
+    }
 
+    /// Books, starts and (unless `no_wait`) waits for a new session.
+    pub async fn launch(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        launch: Launch,
+        no_wait: bool,
+    ) -> Result<Session> {
+        let ready_timeout = launch.spec.ready_timeout;
+        let entry = match self.book(cluster, leader, launch).await? {
+            Booked::New(entry) => entry,
+            Booked::Earlier(session) => {
+                return self
+                    .finish_create(cluster, *session, no_wait, ready_timeout)
+                    .await;
+            }
+        };
+        self.start(cluster, leader, &entry).await?;
+        self.finish_create(cluster, entry.snapshot(), no_wait, ready_timeout)
+            .await
+    }
+
+    /// Places a new session and records it with its GPU allocations (and its request and
+    /// pool keys) in one transaction. The start command is the caller's to send.
+    pub async fn book(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        launch: Launch,
+    ) -> Result<Booked> {
+        let tenant = launch.tenant.as_str();
+        let checked = &launch.spec;
         let id = ulid::Ulid::new().to_string();
         let now = SystemTime::now();
         let mut record = Session {
             id: id.clone(),
             tenant: tenant.to_owned(),
             spec: Some(checked.spec.clone()),
-            labels: labels.into_iter().collect(),
+            labels: launch.labels.clone().into_iter().collect(),
+            template: launch.template.clone(),
             generation: 1,
             created_at: Some(hearth_sdk::time::timestamp(now)),
             max_deadline: checked
@@ -312,21 +468,23 @@ impl Sessions {
             ..Session::default()
         };
         record.set_state(SessionState::Placed);
+        let pool_key = launch
+            .pool
+            .then(|| templates::pool_key(tenant, &launch.template, &id));
         let gpus = checked.spec.gpus.clone().unwrap_or_default();
         let mut attempt = 0;
-        loop {
+        let revision = loop {
             attempt += 1;
             let nodes = cluster.nodes.list();
             let allocated = lock(&self.allocated).clone();
-            let place =
-                placement::place(
-                    &nodes,
-                    &allocated,
-                    &gpus,
-                    checked.spec.placement.as_ref(),
-                    cluster.config.placement.strategy,
-                )
-                .map_err(Error::ResourceExhausted)?;
+            let place = placement::place(
+                &nodes,
+                &allocated,
+                &gpus,
+                checked.spec.placement.as_ref(),
+                cluster.config.placement.strategy,
+            )
+            .map_err(Error::ResourceExhausted)?;
             record.node_id = place.node_id.clone();
             record.gpu_uuids = place.gpu_uuids.clone();
             let mut txn = Txn::fenced(leader.epoch)
@@ -337,37 +495,34 @@ impl Sessions {
                     .when(Compare::Absent(gpu_key(&place.node_id, uuid)))
                     .put(gpu_key(&place.node_id, uuid), id.clone().into_bytes());
             }
-            if !request.request_id.is_empty() {
-                let key = request_key(tenant, &request.request_id);
+            if !launch.request_id.is_empty() {
+                let key = request_key(tenant, &launch.request_id);
                 txn = txn
                     .when(Compare::Absent(key.clone()))
                     .put(key, id.clone().into_bytes());
             }
+            if let Some(key) = &pool_key {
+                txn = txn.put(key.clone(), id.clone().into_bytes());
+            }
             cluster.metrics.store_writes_total.inc();
-            if cluster.store.txn(txn).await?.succeeded {
-                break;
+            let outcome = cluster.store.txn(txn).await?;
+            if outcome.succeeded {
+                break outcome.revision;
             }
             // Lost a race: to a new leader, a concurrent retry of the same request, or
             // another create that booked one of the GPUs. Find out which, then retry.
             self.after_lost_race(cluster, leader).await?;
-            if let Some(earlier) = self
-                .retried(
-                    cluster,
-                    tenant,
-                    &request.request_id,
-                    request.no_wait,
-                    checked.ready_timeout,
-                )
-                .await?
+            if !launch.request_id.is_empty()
+                && let Some(earlier) = self.by_request(cluster, tenant, &launch.request_id).await?
             {
-                return Ok(earlier);
+                return Ok(Booked::Earlier(Box::new(earlier)));
             }
             if attempt >= 5 {
                 return Err(Error::Unavailable(
                     "placement kept losing races for GPUs; retry".to_owned(),
                 ));
             }
-        }
+        };
         {
             let mut allocated = lock(&self.allocated);
             allocated
@@ -375,7 +530,16 @@ impl Sessions {
                 .or_default()
                 .extend(record.gpu_uuids.iter().cloned());
         }
-        let entry = Entry::new(record.clone(), Instant::now());
+        let entry = Entry::new(record.clone(), Instant::now(), revision);
+        if let Some(key) = pool_key {
+            let membership = Membership {
+                template: (tenant.to_owned(), launch.template.clone()),
+                key,
+                key_revision: revision,
+                busy: false,
+            };
+            lock(&self.pooled).insert(id.clone(), membership);
+        }
         lock(&self.entries).insert(id.clone(), entry.clone());
         cluster.metrics.sessions_created_total.inc();
         cluster.events.emit(
@@ -383,24 +547,22 @@ impl Sessions {
             &record.node_id,
             &id,
             format!(
-                "session {id} placed on {} with GPUs [{}]",
+                "session {id} placed on {} with GPUs [{}]{}",
                 record.node_id,
-                record.gpu_uuids.join(", ")
+                record.gpu_uuids.join(", "),
+                if launch.pool {
+                    format!(" for the warm pool of template {}", launch.template)
+                } else {
+                    String::new()
+                }
             ),
         );
-        self.start(cluster, leader, &entry).await?;
-        self.finish_create(
-            cluster,
-            entry.snapshot(),
-            request.no_wait,
-            checked.ready_timeout,
-        )
-        .await
+        Ok(Booked::New(entry))
     }
 
     /// If an earlier try of this request (same tenant and `request_id`) created a session,
     /// that session, waited on as a fresh create would be.
-    async fn retried(
+    pub async fn retried(
         &self,
         cluster: &Cluster,
         tenant: &str,
@@ -420,7 +582,8 @@ impl Sessions {
         }
     }
 
-    async fn by_request(
+    /// The session an earlier try of (`tenant`, `request_id`) created, if any.
+    pub async fn by_request(
         &self,
         cluster: &Cluster,
         tenant: &str,
@@ -434,15 +597,7 @@ impl Sessions {
     }
 
     async fn after_lost_race(&self, cluster: &Cluster, leader: &LeaderState) -> Result<()> {
-        let ours = cluster
-            .store
-            .get(LEADER_KEY)
-            .await?
-            .is_some_and(|kv| kv.create_revision == leader.epoch);
-        if !ours {
-            leader.depose();
-            return Err(Error::Deposed);
-        }
+        check_still_leader(cluster, leader).await?;
         // Refresh allocations from the store: another writer may have booked GPUs.
         let mut allocated = Allocated::new();
         for kv in cluster.store.list(GPUS_PREFIX).await? {
@@ -458,7 +613,7 @@ impl Sessions {
     }
 
     /// Waits for a created session to leave its start-up states, unless told not to.
-    async fn finish_create(
+    pub async fn finish_create(
         &self,
         cluster: &Cluster,
         session: Session,
@@ -514,7 +669,7 @@ impl Sessions {
     }
 
     /// Sends the start command; on failure the session is FAILED and its GPUs freed.
-    async fn start(
+    pub async fn start(
         &self,
         cluster: &Cluster,
         leader: &LeaderState,
@@ -593,7 +748,8 @@ impl Sessions {
         }
     }
 
-    /// Applies a state change: persisted (fenced), announced, published to watchers.
+    /// Applies a state change: persisted (fenced), announced, published to watchers. A
+    /// pool member that stops or ends leaves its pool in the same transaction.
     async fn transition(
         &self,
         cluster: &Cluster,
@@ -603,6 +759,7 @@ impl Sessions {
         reason: &str,
         edit: impl FnOnce(&mut Session),
     ) -> Result<()> {
+        let mut revision = entry.revision.lock().await;
         let (record, from) = {
             let mut r = lock(&entry.record);
             let from = r.state();
@@ -621,12 +778,24 @@ impl Sessions {
                 txn = txn.delete(gpu_key(&record.node_id, uuid));
             }
         }
+        let leaves_pool = state == SessionState::Stopping || is_terminal(state);
+        let membership = if leaves_pool {
+            lock(&self.pooled).get(&record.id).cloned()
+        } else {
+            None
+        };
+        if let Some(m) = &membership {
+            txn = txn.delete(m.key.clone());
+        }
         cluster.metrics.store_writes_total.inc();
-        if !cluster.store.txn(txn).await?.succeeded {
+        let outcome = cluster.store.txn(txn).await?;
+        if !outcome.succeeded {
             cluster.metrics.store_write_failures_total.inc();
             leader.depose();
             return Err(Error::Deposed);
         }
+        *revision = outcome.revision;
+        drop(revision);
         if frees_gpus {
             if let Some(gpus) = lock(&self.allocated).get_mut(&record.node_id) {
                 for uuid in &record.gpu_uuids {
@@ -653,6 +822,24 @@ impl Sessions {
             ),
         );
         entry.changes.send_replace(event_for(&record, reason));
+        if let Some(m) = membership {
+            lock(&self.pooled).remove(&record.id);
+            if matches!(state, SessionState::Failed | SessionState::Lost) {
+                cluster.pools.fill_failed(
+                    cluster,
+                    &m.template,
+                    &format!("member {} is {}: {reason}", record.id, state.as_str_name()),
+                );
+            }
+            cluster.pools.wake();
+        } else if state == SessionState::Ready && !record.template.is_empty() {
+            let template = lock(&self.pooled)
+                .get(&record.id)
+                .map(|m| m.template.clone());
+            if let Some(template) = template {
+                cluster.pools.filled(cluster, &template);
+            }
+        }
         Ok(())
     }
 
@@ -807,6 +994,7 @@ impl Sessions {
         } else {
             (SessionState::Paused, SessionState::Ready, "resumed")
         };
+        self.refuse_pooled(entry)?;
         let _lifecycle = entry.lifecycle.lock().await;
         let state = entry.state();
         if state == to {
@@ -867,6 +1055,7 @@ impl Sessions {
         id: &str,
     ) -> Result<(Route, crate::nodes::Connection)> {
         let entry = self.entry(tenant, id)?;
+        self.refuse_pooled(&entry)?;
         if entry.state() == SessionState::Paused {
             self.resume(cluster, leader, &entry, "resumed by a turn")
                 .await?;
@@ -920,8 +1109,13 @@ impl Sessions {
         let entries: Vec<Arc<Entry>> = lock(&self.entries).values().cloned().collect();
         for entry in entries {
             let state = entry.state();
+            // Unclaimed pool members must stay warm: no idle action, and their lifetime
+            // starts when they are claimed.
+            let pooled = lock(&self.pooled).contains_key(&entry.id());
+            let lifetime = lock(&entry.lifetime_from).elapsed();
             if let Some(max) = entry.max_lifetime
-                && entry.created.elapsed() >= max
+                && !pooled
+                && lifetime >= max
                 && !is_terminal(state)
             {
                 let why = format!("max_lifetime {} reached", humantime::format_duration(max));
@@ -932,7 +1126,7 @@ impl Sessions {
             }
             let idle = lock(&entry.last_activity).elapsed();
             let busy = entry.inflight.load(Ordering::Relaxed) > 0;
-            if state == SessionState::Ready && !busy && idle >= entry.idle_timeout {
+            if state == SessionState::Ready && !pooled && !busy && idle >= entry.idle_timeout {
                 let why = format!(
                     "idle for {}",
                     humantime::format_duration(Duration::from_secs(idle.as_secs()))
@@ -952,12 +1146,16 @@ impl Sessions {
                 continue;
             }
             if flush && entry.dirty.swap(false, Ordering::Relaxed) && !is_terminal(state) {
+                let mut revision = entry.revision.lock().await;
                 let record = entry.snapshot();
+                if is_terminal(record.state()) {
+                    continue;
+                }
                 let txn =
                     Txn::fenced(leader.epoch).put(session_key(&record.id), record.encode_to_vec());
                 cluster.metrics.store_writes_total.inc();
                 match cluster.store.txn(txn).await {
-                    Ok(o) if o.succeeded => {}
+                    Ok(o) if o.succeeded => *revision = o.revision,
                     Ok(_) => {
                         leader.depose();
                         return;
@@ -967,6 +1165,243 @@ impl Sessions {
                         tracing::warn!(error = %e, "activity flush failed; will retry");
                     }
                 }
+            }
+        }
+    }
+
+    /// Turns and pause/resume are refused for unclaimed pool members: a claim must hand
+    /// out a workload nobody has touched.
+    fn refuse_pooled(&self, entry: &Entry) -> Result<()> {
+        let id = entry.id();
+        match lock(&self.pooled).get(&id) {
+            Some(m) => Err(Error::FailedPrecondition(format!(
+                "session {id} is an unclaimed member of the warm pool of template {}; \
+                 CreateSession with that template claims one",
+                m.template.1
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The template whose pool holds session `id` unclaimed, if any.
+    pub fn pool_of(&self, id: &str) -> Option<TemplateId> {
+        lock(&self.pooled).get(id).map(|m| m.template.clone())
+    }
+
+    /// Unclaimed members of a template's pool that no claim or stop has taken, with their
+    /// current records.
+    pub fn pool_members(&self, template: &TemplateId) -> Vec<(Arc<Entry>, Session)> {
+        let pooled = lock(&self.pooled);
+        let entries = lock(&self.entries);
+        let mut out: Vec<(Arc<Entry>, Session)> = pooled
+            .iter()
+            .filter(|(_, m)| &m.template == template && !m.busy)
+            .filter_map(|(id, _)| entries.get(id).cloned())
+            .map(|e| {
+                let s = lock(&e.record).clone();
+                (e, s)
+            })
+            .collect();
+        out.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+        out
+    }
+
+    /// Every template that has unclaimed members (some may no longer exist).
+    pub fn pooled_templates(&self) -> HashSet<TemplateId> {
+        lock(&self.pooled)
+            .values()
+            .map(|m| m.template.clone())
+            .collect()
+    }
+
+    /// Unclaimed members READY with the template's current spec: what a claim gets at once.
+    pub fn pool_ready(&self, template: &TemplateId, spec: &SessionSpec) -> u32 {
+        self.pool_members(template)
+            .iter()
+            .filter(|(_, s)| s.state() == SessionState::Ready && s.spec.as_ref() == Some(spec))
+            .count() as u32
+    }
+
+    /// Pool keys found at load that name no live session.
+    pub fn take_stale_pool_keys(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.stale_pool_keys))
+    }
+
+    /// Takes an unclaimed member of a template's pool for a claim: a READY one if any (the
+    /// longest warm first), else one still starting, which is still sooner than a cold
+    /// start. Only members with the template's current spec qualify. The member is marked
+    /// busy, so no other claim or stop takes it; `claim` settles it either way.
+    pub fn pick_member(
+        &self,
+        template: &TemplateId,
+        spec: &SessionSpec,
+        node_usable: impl Fn(&str) -> bool,
+    ) -> Option<Arc<Entry>> {
+        let mut pooled = lock(&self.pooled);
+        let entries = lock(&self.entries);
+        let mut best: Option<(u8, String, Arc<Entry>)> = None;
+        for (id, m) in pooled.iter() {
+            if &m.template != template || m.busy {
+                continue;
+            }
+            let Some(entry) = entries.get(id) else {
+                continue;
+            };
+            let rank = {
+                let r = lock(&entry.record);
+                if r.spec.as_ref() != Some(spec) || !node_usable(&r.node_id) {
+                    continue;
+                }
+                match r.state() {
+                    SessionState::Ready => 0,
+                    SessionState::Placed | SessionState::Starting => 1,
+                    _ => continue,
+                }
+            };
+            let better = best
+                .as_ref()
+                .is_none_or(|(r, best_id, _)| (rank, id) < (*r, best_id));
+            if better {
+                best = Some((rank, id.clone(), entry.clone()));
+            }
+        }
+        let (_, id, entry) = best?;
+        if let Some(m) = pooled.get_mut(&id) {
+            m.busy = true;
+        }
+        Some(entry)
+    }
+
+    fn release(&self, id: &str) {
+        if let Some(m) = lock(&self.pooled).get_mut(id) {
+            m.busy = false;
+        }
+    }
+
+    /// Hands a member taken by `pick_member` to its caller: one transaction, compared on
+    /// the member's record and pool key revisions, deletes the pool key and rewrites the
+    /// record with the caller's labels (and records the request id). `None` when the
+    /// member changed meanwhile (failed, stopped): the caller picks another.
+    pub async fn claim(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        entry: &Arc<Entry>,
+        labels: &BTreeMap<String, String>,
+        request_id: &str,
+    ) -> Result<Option<Session>> {
+        let id = entry.id();
+        let mut revision = entry.revision.lock().await;
+        let membership = lock(&self.pooled).get(&id).filter(|m| m.busy).cloned();
+        let Some(m) = membership else {
+            return Ok(None);
+        };
+        if !matches!(
+            entry.state(),
+            SessionState::Ready | SessionState::Placed | SessionState::Starting
+        ) {
+            self.release(&id);
+            return Ok(None);
+        }
+        let now = SystemTime::now();
+        let max_deadline = entry
+            .max_lifetime
+            .map(|d| hearth_sdk::time::timestamp(now + d));
+        let mut record = lock(&entry.record).clone();
+        record.labels = labels.clone().into_iter().collect();
+        record.max_deadline = max_deadline;
+        let mut txn = Txn::fenced(leader.epoch)
+            .when(Compare::ModRevision(session_key(&id), *revision))
+            .when(Compare::ModRevision(m.key.clone(), m.key_revision))
+            .delete(m.key.clone())
+            .put(
+                session_key(&id),
+                entry_record_for_store(entry, record.clone()),
+            );
+        if !request_id.is_empty() {
+            let key = request_key(&record.tenant, request_id);
+            txn = txn
+                .when(Compare::Absent(key.clone()))
+                .put(key, id.clone().into_bytes());
+        }
+        cluster.metrics.store_writes_total.inc();
+        let outcome = match cluster.store.txn(txn).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.release(&id);
+                return Err(e.into());
+            }
+        };
+        if !outcome.succeeded {
+            self.release(&id);
+            cluster.metrics.store_write_failures_total.inc();
+            check_still_leader(cluster, leader).await?;
+            return Ok(None);
+        }
+        *revision = outcome.revision;
+        {
+            let mut r = lock(&entry.record);
+            r.labels = record.labels;
+            r.max_deadline = record.max_deadline;
+        }
+        lock(&self.pooled).remove(&id);
+        *lock(&entry.lifetime_from) = Instant::now();
+        entry.touch();
+        drop(revision);
+        let snapshot = entry.snapshot();
+        let why = format!("claimed from the warm pool of template {}", m.template.1);
+        entry.changes.send_replace(event_for(&snapshot, &why));
+        Ok(Some(snapshot))
+    }
+
+    /// Stops an unclaimed pool member, unless a claim or another stop has it. True if
+    /// this call stopped it.
+    pub async fn retire(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        entry: &Arc<Entry>,
+        why: &str,
+    ) -> Result<bool> {
+        let id = entry.id();
+        {
+            let mut pooled = lock(&self.pooled);
+            match pooled.get_mut(&id) {
+                Some(m) if !m.busy => m.busy = true,
+                _ => return Ok(false),
+            }
+        }
+        match self.delete(cluster, leader, entry, why).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                self.release(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes pool keys that name no live session (found at load).
+    pub async fn drop_stale_pool_keys(&self, cluster: &Cluster, leader: &LeaderState) {
+        let keys = self.take_stale_pool_keys();
+        if keys.is_empty() {
+            return;
+        }
+        let mut txn = Txn::fenced(leader.epoch);
+        for key in &keys {
+            txn = txn.delete(key.clone());
+        }
+        cluster.metrics.store_writes_total.inc();
+        match cluster.store.txn(txn).await {
+            Ok(o) if o.succeeded => {
+                tracing::info!(
+                    keys = keys.len(),
+                    "removed pool keys of sessions that ended"
+                );
+            }
+            Ok(_) => leader.depose(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove stale pool keys; will retry");
+                lock(&self.stale_pool_keys).extend(keys);
             }
         }
     }
@@ -1030,4 +1465,25 @@ fn entry_record_for_store(entry: &Entry, mut record: Session) -> Vec<u8> {
     record.last_activity_at = snapshot.last_activity_at;
     record.expires_at = snapshot.expires_at;
     record.encode_to_vec()
+}
+
+/// When a session's `max_lifetime` started: its claim for a claimed pool member (the
+/// deadline is set then), else its creation.
+fn lifetime_start(s: &Session) -> Option<SystemTime> {
+    let deadline = s
+        .max_deadline
+        .as_ref()
+        .and_then(hearth_sdk::time::system_time);
+    let max = s
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.max_lifetime.as_ref())
+        .and_then(|d| hearth_sdk::time::std_duration(d, "max_lifetime").ok());
+    match (deadline, max) {
+        (Some(deadline), Some(max)) => deadline.checked_sub(max),
+        _ => s
+            .created_at
+            .as_ref()
+            .and_then(hearth_sdk::time::system_time),
+    }
 }

@@ -46,3 +46,45 @@ pub async fn node(url: &str, id: &str) -> Result<Node, tonic::Status> {
         .await
         .map(|r| r.into_inner())
 }
+
+/// One Invoke turn, collected: the status and the whole body.
+pub async fn invoke(
+    client: &mut hearth_sdk::proto::v1::sessions_client::SessionsClient<Channel>,
+    session_id: &str,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u32, Vec<u8>), tonic::Status> {
+    use hearth_sdk::proto::v1::{InvokeRequest, invoke_response};
+    let mut stream = client
+        .invoke(InvokeRequest {
+            session_id: session_id.to_owned(),
+            port: 8080,
+            method: method.to_owned(),
+            path: path.to_owned(),
+            body,
+            ..InvokeRequest::default()
+        })
+        .await?
+        .into_inner();
+    let mut status = 0;
+    let mut out = Vec::new();
+    while let Some(piece) = stream.message().await? {
+        match piece.event {
+            Some(invoke_response::Event::Head(h)) => status = h.status,
+            Some(invoke_response::Event::Body(b)) => out.extend_from_slice(&b),
+            None => {}
+        }
+    }
+    Ok((status, out))
+}
+
+/// A top-level scalar field of a small flat JSON object (the test worker's `/state`),
+/// as text.
+pub fn json_field(body: &[u8], field: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let at = text.find(&format!("\"{field}\":"))? + field.len() + 3;
+    let rest = text[at..].trim_start();
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim().trim_matches('"').to_owned())
+}

@@ -1,5 +1,5 @@
-//! `hearth.v1.Templates`. Templates and warm pools are a later capability: until then every
-//! RPC answers UNIMPLEMENTED and says so.
+//! `hearth.v1.Templates`: named session specs with warm pools. Records live in
+//! `templates.rs`; pools (claims and the reconciler) in `pools.rs`.
 
 use std::sync::Arc;
 
@@ -10,10 +10,8 @@ use hearth_sdk::proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::unimplemented;
-use crate::cluster::Cluster;
-
-const WHAT: &str = "templates and warm pools are not available yet";
+use super::sessions::DEFAULT_TENANT;
+use crate::{cluster::Cluster, convert, pools};
 
 /// The Templates service.
 pub struct TemplatesService {
@@ -31,36 +29,105 @@ impl TemplatesService {
 impl Templates for TemplatesService {
     async fn create_template(
         &self,
-        _: Request<CreateTemplateRequest>,
+        request: Request<CreateTemplateRequest>,
     ) -> Result<Response<Template>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Templates/CreateTemplate", WHAT).await)
+        let checked = convert::template(request.into_inner().template)?;
+        let leader = self.cluster.require_leader().await?;
+        let c = &self.cluster;
+        let stored = {
+            let _writes = c.templates.writes.lock().await;
+            c.templates
+                .create(c, &leader, DEFAULT_TENANT, checked)
+                .await?
+        };
+        c.events.emit(
+            "template.created",
+            "",
+            "",
+            format!(
+                "template {} created with a warm pool of {}",
+                stored.template.name, stored.template.warm_pool
+            ),
+        );
+        c.pools.wake();
+        Ok(Response::new(pools::describe(c, &stored)))
     }
 
     async fn get_template(
         &self,
-        _: Request<GetTemplateRequest>,
+        request: Request<GetTemplateRequest>,
     ) -> Result<Response<Template>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Templates/GetTemplate", WHAT).await)
+        let name = &request.get_ref().name;
+        convert::template_name("name", name)?;
+        self.cluster.require_leader().await?;
+        let stored = self.cluster.templates.get(DEFAULT_TENANT, name)?;
+        Ok(Response::new(pools::describe(&self.cluster, &stored)))
     }
 
     async fn list_templates(
         &self,
         _: Request<ListTemplatesRequest>,
     ) -> Result<Response<ListTemplatesResponse>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Templates/ListTemplates", WHAT).await)
+        self.cluster.require_leader().await?;
+        let templates = self
+            .cluster
+            .templates
+            .list(Some(DEFAULT_TENANT))
+            .iter()
+            .map(|t| pools::describe(&self.cluster, t))
+            .collect();
+        Ok(Response::new(ListTemplatesResponse { templates }))
     }
 
     async fn update_template(
         &self,
-        _: Request<UpdateTemplateRequest>,
+        request: Request<UpdateTemplateRequest>,
     ) -> Result<Response<Template>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Templates/UpdateTemplate", WHAT).await)
+        let checked = convert::template(request.into_inner().template)?;
+        let leader = self.cluster.require_leader().await?;
+        let c = &self.cluster;
+        let (before, after) = {
+            let _writes = c.templates.writes.lock().await;
+            let before = c.templates.get(DEFAULT_TENANT, &checked.name)?;
+            let after = c
+                .templates
+                .update(c, &leader, DEFAULT_TENANT, checked)
+                .await?;
+            (before, after)
+        };
+        let spec_changed = before.spec.spec != after.spec.spec;
+        c.events.emit(
+            "template.updated",
+            "",
+            "",
+            format!(
+                "template {} updated: warm pool {} → {}{}",
+                after.template.name,
+                before.template.warm_pool,
+                after.template.warm_pool,
+                if spec_changed {
+                    "; new spec, so its pool members are replaced"
+                } else {
+                    ""
+                }
+            ),
+        );
+        // A new spec or size deserves a fresh try even if filling had been failing.
+        c.pools.forget(&after.id());
+        c.pools.wake();
+        Ok(Response::new(pools::describe(c, &after)))
     }
 
     async fn delete_template(
         &self,
-        _: Request<DeleteTemplateRequest>,
+        request: Request<DeleteTemplateRequest>,
     ) -> Result<Response<DeleteTemplateResponse>, Status> {
-        Err(unimplemented(&self.cluster, "hearth.v1.Templates/DeleteTemplate", WHAT).await)
+        let name = &request.get_ref().name;
+        convert::template_name("name", name)?;
+        let leader = self.cluster.require_leader().await?;
+        let stopped = pools::delete_template(&self.cluster, &leader, DEFAULT_TENANT, name).await?;
+        Ok(Response::new(DeleteTemplateResponse {
+            pool_sessions_stopped: stopped,
+        }))
     }
 }
