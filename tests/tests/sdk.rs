@@ -370,3 +370,64 @@ async fn the_agent_loop_example_runs() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A client given a standby's address follows the leader that the standby names, and
+/// its turns and creates work as if it had been given the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pointed_at_a_standby_follows_the_leader() -> anyhow::Result<()> {
+    let Some(etcd) = hearth_tests::etcd::etcd_or_skip().await else {
+        return Ok(());
+    };
+    let endpoint = etcd.endpoint();
+    let prefix = hearth_tests::etcd::unique_prefix("sdk-standby");
+    let dir = tempfile::tempdir()?;
+    let flags = ["--etcd", &endpoint, "--etcd-prefix", &prefix];
+    let leader = Broker::spawn(dir.path(), "broker-a", &flags)?;
+    eventually("broker-a leads", Duration::from_secs(15), || async {
+        Ok(api::cluster_info(&leader.url)
+            .await
+            .ok()
+            .filter(|i| i.is_leader))
+    })
+    .await?;
+    let standby = Broker::spawn(dir.path(), "broker-b", &flags)?;
+    eventually("broker-b stands by", Duration::from_secs(15), || async {
+        Ok(api::cluster_info(&standby.url)
+            .await
+            .ok()
+            .filter(|i| !i.is_leader && i.leader_id == "broker-a"))
+    })
+    .await?;
+    let agent = Agent::spawn(
+        dir.path(),
+        "follow-node",
+        &[&leader.url],
+        &["--simulate-gpus", "1"],
+    )?;
+    eventually("node READY", Duration::from_secs(30), || async {
+        Ok(api::node(&leader.url, &agent.node_id)
+            .await
+            .ok()
+            .filter(|n| n.state() == NodeState::Ready))
+    })
+    .await?;
+
+    let client = Client::connect(&standby.url).await?;
+    let spec = SessionSpec {
+        image: images::worker_binary().display().to_string(),
+        ports: vec![PortSpec {
+            port: 8080,
+            name: "http".into(),
+        }],
+        readiness: Some(ReadinessProbe {
+            check: Some(readiness_probe::Check::TcpPort(8080)),
+            ..ReadinessProbe::default()
+        }),
+        ..SessionSpec::default()
+    };
+    let session = client.create(spec).await?;
+    assert_eq!(session.info().node_id, "follow-node");
+    assert_eq!(incr(&session).await?, (1, 1));
+    session.delete().await?;
+    Ok(())
+}
