@@ -5,11 +5,18 @@
 //! - `process.rs`: `hearth-broker` / `hearth-agent` processes on free ports, `kill -9`.
 //! - `eventually.rs`: polling with a deadline.
 //! - `api.rs`: small client helpers over the generated gRPC clients.
+//! - `sim_agent.rs`: SIMULATED node agents, many per process, speaking the real
+//!   `NodeAgent.Connect` protocol (no GPU or workload is real).
+//! - `allocations.rs`: audits GPU allocations straight from etcd (double bookings).
+//! - `bench_scale.rs`: `hearth-bench scale`, a broker on etcd against a simulated fleet.
 
+pub mod allocations;
 pub mod api;
+pub mod bench_scale;
 pub mod etcd;
 pub mod eventually;
 pub mod images;
 pub mod process;
+pub mod sim_agent;
 
 pub use eventually::eventually;

@@ -126,6 +126,23 @@ impl Proc {
         false
     }
 
+    /// Its process id while it runs: for sampling `/proc/<pid>` and for signals such as
+    /// SIGSTOP, which freeze it without closing its sockets.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, ...) with `kill(1)`; true if it was sent.
+    pub fn signal(&self, name: &str) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))

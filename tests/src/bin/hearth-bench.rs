@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("turns") => turns(parse(&args[1..])?).await,
+        Some("scale") => hearth_tests::bench_scale::main(&args[1..]).await,
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())
