@@ -49,7 +49,7 @@ pub enum Error {
     #[error("the broker refused the request: {0}")]
     InvalidArgument(String),
     /// The broker does not have this capability yet.
-    #[error("this broker does not support {rpc} yet ({message})")]
+    #[error("this broker does not support {rpc} yet: {message}")]
     Unimplemented {
         /// The RPC, such as `Templates/CreateTemplate`.
         rpc: &'static str,
@@ -174,7 +174,7 @@ impl Error {
             Code::Unauthenticated | Code::PermissionDenied => Error::Auth { rpc, message },
             code => Error::Rpc {
                 rpc,
-                code: code.description(),
+                code: code_name(code),
                 message,
                 hint: match (code, subject) {
                     (Code::ResourceExhausted, _) => {
@@ -188,6 +188,29 @@ impl Error {
                 },
             },
         }
+    }
+}
+
+/// A gRPC code in a few words.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown error",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal error",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
     }
 }
 
@@ -257,6 +280,7 @@ mod tests {
             Subject::None,
         );
         assert!(e.to_string().contains("hearth nodes ls"), "{e}");
+        assert!(e.to_string().contains("(resource exhausted)"), "{e}");
 
         let e = status_error(tonic::Status::unauthenticated("no token"), Subject::None);
         assert!(e.to_string().contains("--token"), "{e}");

@@ -21,9 +21,8 @@ pub async fn run(ctx: &Ctx, args: EventsArgs) -> Result<ExitCode> {
             async move { c.admin().watch_events(request).await }
         })
         .await?;
-    if !ctx.json {
-        stderr(b"watching cluster events; Ctrl-C stops\n");
-    }
+    // On stderr in every mode: it tells a person (and a script) that the stream is open.
+    stderr(b"watching cluster events; Ctrl-C stops\n");
     while let Some(event) = events.next().await {
         let event = event.map_err(|s| ctx.status("Admin/WatchEvents", s, Subject::None))?;
         ctx.item(&event, || event_line(&event))?;
@@ -47,13 +46,10 @@ pub fn event_line(event: &Event) -> String {
     if !event.session_id.is_empty() {
         about.push(format!("session={}", event.session_id));
     }
-    let line = format!(
-        "{time}  {:<18}  {}  {}",
-        event.kind,
-        about.join(" "),
-        event.message
-    );
-    format!("{}\n", line.trim_end())
+    let mut parts = vec![time, format!("{:<18}", event.kind)];
+    parts.extend([about.join(" "), event.message.clone()]);
+    parts.retain(|p| !p.trim().is_empty());
+    format!("{}\n", parts.join("  ").trim_end())
 }
 
 #[cfg(test)]

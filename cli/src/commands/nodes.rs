@@ -216,12 +216,18 @@ async fn get_node(ctx: &Ctx, id: &str) -> Result<Node> {
 
 async fn get(ctx: &Ctx, id: &str) -> Result<ExitCode> {
     let node = get_node(ctx, id).await?;
-    ctx.result(&node, || node_view(&node, SystemTime::now()))?;
+    if ctx.json {
+        ctx.result(&node, String::new)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let sessions = live_sessions(ctx, id).await?;
+    ctx.result(&node, || node_view(&node, &sessions, SystemTime::now()))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `nodes get` view: facts, then a GPU table with the latest telemetry.
-pub fn node_view(node: &Node, now: SystemTime) -> String {
+/// The `nodes get` view: facts, a GPU table with the latest telemetry, and the sessions
+/// that hold the node.
+pub fn node_view(node: &Node, sessions: &[Session], now: SystemTime) -> String {
     let capacity = node.capacity.unwrap_or_default();
     let source = match node.gpu_source() {
         GpuSource::Nvml => "NVML (real hardware)",
@@ -233,11 +239,14 @@ pub fn node_view(node: &Node, now: SystemTime) -> String {
         ("ID", node.id.clone()),
         (
             "STATE",
-            format!(
-                "{} (since {})",
-                node_state(node),
-                table::relative(node.state_changed_at.as_ref(), now)
-            ),
+            match table::time_of(node.state_changed_at.as_ref()) {
+                Some(_) => format!(
+                    "{} for {}",
+                    node_state(node),
+                    table::age(node.state_changed_at.as_ref(), now)
+                ),
+                None => node_state(node).to_owned(),
+            },
         ),
         ("SCHEDULING", scheduling(node).to_owned()),
         ("LABELS", table::labels(&node.labels)),
@@ -263,11 +272,31 @@ pub fn node_view(node: &Node, now: SystemTime) -> String {
             ),
         ),
         ("GPU SOURCE", source.to_owned()),
-        ("SESSIONS", node.session_ids.join(", ")),
+        ("SESSIONS", sessions.len().to_string()),
     ]);
-    if node.gpus.is_empty() {
-        return text;
+    if !node.gpus.is_empty() {
+        text.push('\n');
+        text.push_str(&gpu_table(node));
     }
+    if !sessions.is_empty() {
+        let mut table = Table::new(&["SESSION", "STATE", "TENANT", "GPUS", "AGE"]);
+        for s in sessions {
+            table.row(vec![
+                s.id.clone(),
+                state_name(s.state()).to_owned(),
+                s.tenant.clone(),
+                s.gpu_uuids.join(","),
+                table::age(s.created_at.as_ref(), now),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    text
+}
+
+/// Each GPU with its latest telemetry sample.
+fn gpu_table(node: &Node) -> String {
     let samples: HashMap<&str, _> = node
         .telemetry
         .iter()
@@ -307,9 +336,7 @@ pub fn node_view(node: &Node, now: SystemTime) -> String {
             if gpu.simulated { "yes" } else { "no" }.to_owned(),
         ]);
     }
-    text.push('\n');
-    text.push_str(&gpus.render());
-    text
+    gpus.render()
 }
 
 async fn cordon(ctx: &Ctx, id: &str, cordon: bool) -> Result<ExitCode> {
@@ -331,9 +358,8 @@ async fn cordon(ctx: &Ctx, id: &str, cordon: bool) -> Result<ExitCode> {
             format!("node {id} is schedulable: new sessions may be placed there\n")
         } else {
             format!(
-                "node {id} is cordoned: no new placements; its {} sessions keep running \
-                 (`hearth nodes uncordon {id}` undoes this)\n",
-                node.session_ids.len()
+                "node {id} is cordoned: no new placements; its sessions keep running \
+                 (`hearth nodes uncordon {id}` undoes this)\n"
             )
         }
     })?;
@@ -471,8 +497,15 @@ mod tests {
 
     #[test]
     fn the_view_lists_each_gpu() {
-        let text = node_view(&node(), SystemTime::now());
+        let session = Session {
+            id: "01JX".into(),
+            state: SessionState::Ready.into(),
+            gpu_uuids: vec!["GPU-SIM-0".into()],
+            ..Default::default()
+        };
+        let text = node_view(&node(), &[session], SystemTime::now());
         assert!(text.contains("SIMULATED (not real hardware)"), "{text}");
+        assert!(text.contains("01JX     READY"), "{text}");
         assert!(text.contains("GPU-SIM-1"), "{text}");
         assert!(text.contains("80GiB"), "{text}");
     }

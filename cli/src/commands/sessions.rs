@@ -324,7 +324,7 @@ pub fn session_view(s: &Session, now: SystemTime) -> String {
         table::time_of(s.ready_at.as_ref()),
     ) {
         (Some(created), Some(ready)) => format!(
-            "{} (took {})",
+            "{}, {} after creation",
             table::timestamp(s.ready_at.as_ref(), now),
             table::human(ready.duration_since(created).unwrap_or_default())
         ),
@@ -701,7 +701,7 @@ mod tests {
             text.contains("REASON         readiness probe never passed"),
             "{text}"
         );
-        assert!(text.contains("(took 2.0s)"), "{text}");
+        assert!(text.contains("(8.0s ago), 2.0s after creation"), "{text}");
         assert!(text.contains("TEMPLATE       -\n"), "{text}");
     }
 
