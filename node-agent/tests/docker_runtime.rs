@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use hearth_agent::runtime::docker::{DEFAULT_PIDS_LIMIT, DockerRuntime, container_name};
 use hearth_agent::runtime::{
     ExecOutput, ExecSpec, LABEL_EPOCH, LABEL_GENERATION, LABEL_SESSION, LABEL_TENANT, Runtime,
-    RuntimeError, StartRequest, WorkloadState,
+    RuntimeError, StartRequest, Workload, WorkloadState,
 };
 use hearth_sdk::proto::v1::{PortSpec, SessionSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -335,6 +335,11 @@ async fn containers_are_labelled_and_hardened() {
         Some(&["no-new-privileges".to_string()][..])
     );
     assert_eq!(host.pids_limit, Some(DEFAULT_PIDS_LIMIT));
+    assert_eq!(
+        host.init,
+        Some(true),
+        "an init forwards SIGTERM to the workload"
+    );
     assert!(host.device_requests.as_ref().is_none_or(|d| d.is_empty()));
     let env = info.config.as_ref().unwrap().env.as_ref().unwrap();
     assert!(env.contains(&"WARMUP_MS=300".to_string()), "{env:?}");
@@ -547,22 +552,43 @@ async fn a_missing_image_is_image_not_found_and_leaves_nothing() {
     assert_eq!(rt.inspect(session.id()).await.unwrap(), None);
 }
 
+/// A workload whose entrypoint does not exist: docker-init (PID 1) starts, fails to run
+/// it and exits 127. Either the start fails and leaves nothing behind, or the workload
+/// is reported exited with 127 (the agent then fails the session and removes it).
 #[tokio::test]
-async fn a_failed_start_removes_the_container() {
+async fn a_broken_entrypoint_fails_the_start_or_exits_127() {
     let Some(rt) = runtime().await else { return };
     let session = Session::new();
-    let err = start_with_bad_entrypoint(&rt, &session).await;
-    assert!(matches!(err, RuntimeError::Backend { .. }), "{err:?}");
-    assert_eq!(
-        rt.inspect(session.id()).await.unwrap(),
-        None,
-        "nothing left behind"
-    );
+    match start_with_bad_entrypoint(&rt, &session).await {
+        Err(err) => {
+            assert!(matches!(err, RuntimeError::Backend { .. }), "{err:?}");
+            assert_eq!(
+                rt.inspect(session.id()).await.unwrap(),
+                None,
+                "nothing left behind"
+            );
+        }
+        Ok(_) => {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let state = rt.inspect(session.id()).await.unwrap().map(|w| w.state);
+                if state == Some(WorkloadState::Exited(Some(127))) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "still {state:?} after 10s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            rt.stop(session.id(), GRACE).await.expect("remove");
+            assert_eq!(rt.inspect(session.id()).await.unwrap(), None);
+        }
+    }
 }
 
-/// Starts a container whose entrypoint does not exist in the image: `docker create`
-/// succeeds, `docker start` fails.
-async fn start_with_bad_entrypoint(rt: &DockerRuntime, session: &Session) -> RuntimeError {
+/// Starts a container whose entrypoint does not exist in the image.
+async fn start_with_bad_entrypoint(
+    rt: &DockerRuntime,
+    session: &Session,
+) -> Result<Workload, RuntimeError> {
     // Our spec has no entrypoint field; a tagged image with a broken ENTRYPOINT does it.
     let tag = format!("hearth-test-badentry-{}:latest", session.id());
     let context = std::env::temp_dir().join(format!("hearth-badentry-{}", session.id()));
@@ -592,7 +618,7 @@ async fn start_with_bad_entrypoint(rt: &DockerRuntime, session: &Session) -> Run
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    result.expect_err("start with a missing entrypoint must fail")
+    result
 }
 
 #[tokio::test]
@@ -648,6 +674,25 @@ async fn stop_removes_the_container_and_is_idempotent() {
         rt.pause(session.id()).await,
         Err(RuntimeError::NotFound(_))
     ));
+}
+
+/// The workload gets SIGTERM and stops at once, not at the end of the grace period:
+/// the test worker installs no SIGTERM handler, which as PID 1 would make it immune.
+#[tokio::test]
+async fn stop_delivers_sigterm_to_a_workload_without_a_handler() {
+    let Some(rt) = runtime().await else { return };
+    let session = Session::new();
+    rt.start(&worker_request(&session, 1)).await.expect("start");
+    wait_ready(&rt, &session).await;
+    let grace = Duration::from_secs(30);
+    let asked = Instant::now();
+    rt.stop(session.id(), grace).await.expect("stop");
+    assert!(
+        asked.elapsed() < grace / 3,
+        "stop took {:?}: SIGTERM did not reach the workload",
+        asked.elapsed()
+    );
+    assert_eq!(rt.inspect(session.id()).await.unwrap(), None);
 }
 
 #[tokio::test]

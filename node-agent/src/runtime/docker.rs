@@ -404,6 +404,11 @@ fn container_body(request: &StartRequest) -> Result<ContainerCreateBody, Runtime
         memory_swap,
         nano_cpus,
         device_requests,
+        // A tiny init (dockerd's docker-init) as PID 1 forwards SIGTERM to the workload
+        // and reaps its children. A model server as PID 1 that installs no SIGTERM
+        // handler would otherwise ignore the stop signal and be killed only after the
+        // whole grace period.
+        init: Some(true),
         ..Default::default()
     };
 
