@@ -119,7 +119,7 @@ impl Error {
                 Error::Usage(format!("invalid --broker URL {url:?}: {reason}"))
             }
             hearth_sdk::Error::InvalidToken => Error::Usage(
-                "invalid --token: it must be visible ASCII with no spaces or control characters"
+                "invalid --token: it must be printable ASCII, with no control characters such as line breaks"
                     .to_owned(),
             ),
             hearth_sdk::Error::Rpc { rpc, status } => Self::from_status(rpc, &status, url, subject),
