@@ -42,6 +42,8 @@ pub struct Audit {
     pub dangling_keys: usize,
     /// A few of the problems, in words.
     pub examples: Vec<String>,
+    /// A few live sessions, in words (id, state, node, GPUs, reason).
+    pub live_sample: Vec<String>,
 }
 
 impl Audit {
@@ -153,6 +155,16 @@ pub async fn audit(endpoint: &str, prefix: &str) -> anyhow::Result<Audit> {
             .live_by_state
             .entry(s.state().as_str_name().to_owned())
             .or_default() += 1;
+        if audit.live_sample.len() < EXAMPLES {
+            audit.live_sample.push(format!(
+                "{} {} on {} with [{}] ({})",
+                s.id,
+                s.state().as_str_name(),
+                s.node_id,
+                s.gpu_uuids.join(", "),
+                s.state_reason
+            ));
+        }
         for uuid in &s.gpu_uuids {
             claims
                 .entry((s.node_id.clone(), uuid.clone()))

@@ -41,7 +41,8 @@ use crate::{
 };
 
 /// Usage of `hearth-bench scale`.
-pub const USAGE: &str = "usage: hearth-bench scale [--json] [--hosts N] [--gpus-per-host G] [--sessions S]
+pub const USAGE: &str =
+    "usage: hearth-bench scale [--json] [--hosts N] [--gpus-per-host G] [--sessions S]
                           [--waves W] [--concurrency C] [--mix 1:60,2:20,4:15,8:5]
                           [--idle-seconds T] [--streams-per-channel K] [--seed X]
 
@@ -103,7 +104,10 @@ fn parse_mix(text: &str) -> anyhow::Result<Vec<(u32, u32)>> {
             .with_context(|| format!("--mix entry {part:?} is not GPUS:PERCENT"))?;
         mix.push((
             gpus.trim().parse().context("--mix GPUs must be a number")?,
-            percent.trim().parse().context("--mix percent must be a number")?,
+            percent
+                .trim()
+                .parse()
+                .context("--mix percent must be a number")?,
         ));
     }
     let total: u32 = mix.iter().map(|m| m.1).sum();
@@ -476,9 +480,11 @@ fn json_counts(counts: &BTreeMap<String, usize>) -> String {
 pub async fn run(o: Options) -> anyhow::Result<()> {
     let capacity = o.hosts * o.gpus_per_host as usize;
     let avg = average_gpus(&o.mix);
-    let waves = o
-        .waves
-        .unwrap_or_else(|| ((o.sessions as f64 * avg) / capacity as f64).ceil().max(1.0) as usize);
+    let waves = o.waves.unwrap_or_else(|| {
+        ((o.sessions as f64 * avg) / capacity as f64)
+            .ceil()
+            .max(1.0) as usize
+    });
     let mix_text = o
         .mix
         .iter()
@@ -709,11 +715,20 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         ("placement_mean_ms", format!("{:.2}", placement.mean)),
         ("delete_p50_ms", format!("{:.2}", deletion.p50)),
         ("delete_p99_ms", format!("{:.2}", deletion.p99)),
-        ("creates_per_s", format!("{:.0}", created as f64 / create_secs)),
+        (
+            "creates_per_s",
+            format!("{:.0}", created as f64 / create_secs),
+        ),
         ("broker_rss_mib", format!("{:.1}", peak_kib as f64 / 1024.0)),
         ("broker_cpu_cores", format!("{broker_cores:.3}")),
-        ("broker_cpu_cores_telemetry_only", format!("{idle_cores:.3}")),
-        ("broker_cpu_cores_whole_run", format!("{whole_run_cores:.3}")),
+        (
+            "broker_cpu_cores_telemetry_only",
+            format!("{idle_cores:.3}"),
+        ),
+        (
+            "broker_cpu_cores_whole_run",
+            format!("{whole_run_cores:.3}"),
+        ),
         ("bench_process_cpu_cores", format!("{own_cores:.3}")),
         ("telemetry_per_s", format!("{telemetry_per_s:.0}")),
         ("telemetry_dropped_by_hosts", dropped.to_string()),
@@ -747,7 +762,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         println!("{:>32}: {v}", format!("first {k}"));
     }
     if !broker_alive {
-        println!("the broker process died during the run:\n{}", broker.proc.log_tail());
+        println!(
+            "the broker process died during the run:\n{}",
+            broker.proc.log_tail()
+        );
     }
     if o.json {
         let fields: Vec<String> = report
@@ -771,7 +789,10 @@ mod tests {
         let wave = wave_requests(4000, &mix, &mut XorShift::new(1));
         assert_eq!(wave.len(), 4000);
         let count = |g: u32| wave.iter().filter(|&&x| x == g).count();
-        assert_eq!((count(1), count(2), count(4), count(8)), (2400, 800, 600, 200));
+        assert_eq!(
+            (count(1), count(2), count(4), count(8)),
+            (2400, 800, 600, 200)
+        );
         assert_eq!(wave.iter().map(|&g| g as usize).sum::<usize>(), 8000);
         // Rounding never loses or adds sessions.
         assert_eq!(wave_requests(7, &mix, &mut XorShift::new(2)).len(), 7);

@@ -47,8 +47,8 @@ use std::{
 
 use hearth_agent::{backoff::Backoff, gpu::GpuInventory as _, gpu::simulated::SimulatedGpus};
 use hearth_sdk::proto::v1::{
-    AgentMessage, BrokerMessage, CommandMeta, GpuSource, Hello, NodeCapacity, NodeTelemetry,
-    Reply, RunningSession, SessionState, SessionStatus, agent_message, broker_message,
+    AgentMessage, BrokerMessage, CommandMeta, GpuSource, Hello, NodeCapacity, NodeTelemetry, Reply,
+    RunningSession, SessionState, SessionStatus, agent_message, broker_message,
     node_agent_client::NodeAgentClient,
 };
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -166,7 +166,10 @@ impl SimFleet {
     ///
     /// When `brokers` is empty or a URL does not parse.
     pub fn start(config: SimFleetConfig) -> Self {
-        assert!(!config.brokers.is_empty(), "a simulated fleet needs a broker");
+        assert!(
+            !config.brokers.is_empty(),
+            "a simulated fleet needs a broker"
+        );
         let config = Arc::new(config);
         let channels = Arc::new(Channels::new(&config));
         let stats = Arc::new(SimStats::default());
@@ -217,7 +220,10 @@ impl SimFleet {
 
     /// Workloads the fleet "runs" now, over every host.
     pub fn running(&self) -> usize {
-        self.hosts.iter().map(|h: &Arc<SimHost>| h.lock().workloads.len()).sum()
+        self.hosts
+            .iter()
+            .map(|h: &Arc<SimHost>| h.lock().workloads.len())
+            .sum()
     }
 
     /// Hosts whose stream has reached `Welcome`.
