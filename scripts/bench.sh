@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs a Hearth benchmark on optimised builds; it prints figures and, with --json, ends with
-# one JSON line. Needs Docker (the test worker image is built locally; nothing is pulled).
-#   scripts/bench.sh turns --json
+# one JSON line. Every subcommand of hearth-bench (`hearth-bench --help`) goes through here.
+#   scripts/bench.sh turns --json   Invoke turn latency; needs Docker (the test worker image is
+#                                   built locally; nothing is pulled)
+#   scripts/bench.sh pool --json    warm-pool claim latency; process runtime, no Docker needed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p hearth-broker -p hearth-agent -p hearth-tests --bins

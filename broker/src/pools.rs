@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use crate::{
     cluster::{Cluster, LeaderState},
     convert,
-    error::Result,
+    error::{Error, Result},
     sessions::{Booked, Launch},
     templates::{Stored, TemplateId},
 };
@@ -148,7 +148,7 @@ pub fn describe(cluster: &Cluster, stored: &Stored) -> Template {
 /// any, else one still starting), or starts a session cold from the template's spec.
 /// `Session.template` is set either way.
 pub async fn create_from_template(
-    cluster: &Cluster,
+    cluster: &Arc<Cluster>,
     leader: &LeaderState,
     tenant: &str,
     name: &str,
@@ -174,10 +174,22 @@ pub async fn create_from_template(
         let Some(entry) = sessions.pick_member(&id, &template.spec.spec, usable) else {
             break;
         };
-        if let Some(session) = sessions
-            .claim(cluster, leader, &entry, &labels, request_id)
-            .await?
-        {
+        // The claim runs in its own task: a caller that goes away mid-claim must not
+        // leave the member marked busy, or its record written but not its memory.
+        let claim = {
+            let (cluster, leader, labels) = (cluster.clone(), leader.clone(), labels.clone());
+            let request_id = request_id.to_owned();
+            tokio::spawn(async move {
+                cluster
+                    .sessions
+                    .claim(&cluster, &leader, &entry, &labels, &request_id)
+                    .await
+            })
+        };
+        let claimed = claim
+            .await
+            .map_err(|e| Error::Unavailable(format!("the claim did not finish: {e}")))??;
+        if let Some(session) = claimed {
             cluster.metrics.pool_claims_total.inc();
             let warm = if session.state() == SessionState::Ready {
                 "READY"

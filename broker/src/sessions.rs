@@ -373,7 +373,7 @@ impl Sessions {
     /// member when one is free); waits for READY unless `no_wait`.
     pub async fn create(
         &self,
-        cluster: &Cluster,
+        cluster: &Arc<Cluster>,
         leader: &LeaderState,
         tenant: &str,
         request: CreateSessionRequest,
@@ -1230,7 +1230,8 @@ impl Sessions {
     /// Takes an unclaimed member of a template's pool for a claim: a READY one if any (the
     /// longest warm first), else one still starting, which is still sooner than a cold
     /// start. Only members with the template's current spec qualify. The member is marked
-    /// busy, so no other claim or stop takes it; `claim` settles it either way.
+    /// busy, so no other claim or stop takes it; `claim` settles it either way, so call
+    /// it at once (from a task that cannot be cancelled in between).
     pub fn pick_member(
         &self,
         template: &TemplateId,

@@ -1,6 +1,7 @@
 //! `hearth-bench`: Hearth's benchmarks. Each starts what it needs (broker, agent, the test
 //! worker in Docker), prints its figures and the machine it ran on, and ends with one JSON
-//! line. Benchmarks never gate CI on a time. Run with `scripts/bench.sh turns --json`.
+//! line. Benchmarks never gate CI on a time. Run with `scripts/bench.sh turns --json` or
+//! `scripts/bench.sh pool --json`.
 
 use std::{
     io::{Read as _, Write as _},
@@ -11,9 +12,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use hearth_sdk::proto::v1::{
-    CreateSessionRequest, DeleteSessionRequest, InvokeRequest, NodeState, PortSpec, ReadinessProbe,
-    SessionSpec, create_session_request, invoke_response, readiness_probe,
-    sessions_client::SessionsClient,
+    AdminListSessionsRequest, CreateSessionRequest, CreateTemplateRequest, DeleteSessionRequest,
+    DeleteTemplateRequest, GetTemplateRequest, GpuRequest, InvokeRequest, ListSessionsRequest,
+    NodeState, PortSpec, ReadinessProbe, SessionSpec, SessionState, Template,
+    admin_client::AdminClient, create_session_request, invoke_response, readiness_probe,
+    sessions_client::SessionsClient, templates_client::TemplatesClient,
 };
 use hearth_tests::{
     api, eventually, images,
@@ -22,10 +25,16 @@ use hearth_tests::{
 use tonic::transport::Channel;
 
 const USAGE: &str = "usage: hearth-bench turns [--json] [--turns N] [--seconds S] [--concurrency C]
+       hearth-bench pool [--json] [--claims N] [--pool P] [--warmup-ms MS] [--etcd]
 
 turns   Invoke turn latency (1 KiB, one in flight) through Hearth vs a direct HTTP call to
         the same worker, the loopback TCP floor of one hop, and throughput at C in flight.
-        Starts a broker, an agent (docker runtime) and the test worker image.";
+        Starts a broker, an agent (docker runtime) and the test worker image.
+pool    CreateSession(template=...) latency when a warm-pool member is free (a claim),
+        against a cold create of the same spec. Starts a broker (embedded store, or a
+        private etcd with --etcd), an agent (process runtime: the static test worker as a
+        child process) and a template with a warm pool of P; each claim waits for the
+        pool to refill first, and the claimed session is deleted afterwards.";
 
 struct Options {
     json: bool,
@@ -66,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("turns") => turns(parse(&args[1..])?).await,
         Some("scale") => hearth_tests::bench_scale::main(&args[1..]).await,
+        Some("pool") => pool(parse_pool(&args[1..])?).await,
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -392,5 +402,283 @@ async fn turns(o: Options) -> anyhow::Result<()> {
             .collect();
         println!("{{{}}}", fields.join(","));
     }
+    Ok(())
+}
+
+struct PoolOptions {
+    json: bool,
+    claims: usize,
+    pool: u32,
+    warmup_ms: u64,
+    etcd: bool,
+}
+
+fn parse_pool(args: &[String]) -> anyhow::Result<PoolOptions> {
+    let mut o = PoolOptions {
+        json: false,
+        claims: 100,
+        pool: 2,
+        warmup_ms: 200,
+        etcd: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| -> anyhow::Result<u64> {
+            it.next()
+                .with_context(|| format!("{name} needs a value"))?
+                .parse()
+                .with_context(|| format!("{name} must be a number"))
+        };
+        match a.as_str() {
+            "--json" => o.json = true,
+            "--etcd" => o.etcd = true,
+            "--claims" => o.claims = value("--claims")?.max(10) as usize,
+            "--pool" => o.pool = value("--pool")?.clamp(1, 16) as u32,
+            "--warmup-ms" => o.warmup_ms = value("--warmup-ms")?,
+            other => bail!("unknown option {other:?}\n\n{USAGE}"),
+        }
+    }
+    Ok(o)
+}
+
+fn worker_spec(image: &str, warmup_ms: u64) -> SessionSpec {
+    SessionSpec {
+        image: image.to_owned(),
+        env: [("WARMUP_MS".to_owned(), warmup_ms.to_string())].into(),
+        gpus: Some(GpuRequest {
+            count: 1,
+            ..GpuRequest::default()
+        }),
+        ports: vec![PortSpec {
+            port: 8080,
+            name: "http".into(),
+        }],
+        readiness: Some(ReadinessProbe {
+            check: Some(readiness_probe::Check::TcpPort(8080)),
+            ..ReadinessProbe::default()
+        }),
+        ..SessionSpec::default()
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// p50 and p99 in milliseconds.
+fn summarize_ms(samples: Vec<Duration>) -> (f64, f64) {
+    let (p50, p99) = summarize(samples);
+    (p50 / 1e3, p99 / 1e3)
+}
+
+async fn pool(o: PoolOptions) -> anyhow::Result<()> {
+    let image = images::worker_binary().display().to_string();
+    let dir = tempfile::tempdir()?;
+    let etcd = if o.etcd {
+        Some(hearth_tests::etcd::Etcd::start().await?)
+    } else {
+        None
+    };
+    let (store_flags, store) = match &etcd {
+        Some(etcd) => (
+            vec![
+                "--etcd".to_owned(),
+                etcd.endpoint(),
+                "--etcd-prefix".to_owned(),
+                hearth_tests::etcd::unique_prefix("bench-pool"),
+            ],
+            format!(
+                "etcd (a private single-member server at {})",
+                etcd.endpoint()
+            ),
+        ),
+        None => {
+            let path = dir.path().join("store");
+            (
+                vec!["--store-path".to_owned(), path.display().to_string()],
+                format!("embedded (file {}; every write is fsynced)", path.display()),
+            )
+        }
+    };
+    let flags: Vec<&str> = store_flags.iter().map(String::as_str).collect();
+    let broker = Broker::spawn(dir.path(), "bench-broker", &flags)?;
+    // The pool, the claimed session, and room for cold creates.
+    let gpus = (o.pool + 2).to_string();
+    let agent = Agent::spawn(
+        dir.path(),
+        "bench-node",
+        &[&broker.url],
+        &["--simulate-gpus", &gpus],
+    )?;
+    let logs = |e: anyhow::Error| {
+        anyhow::anyhow!("{e}\n{}\n{}", broker.proc.log_tail(), agent.proc.log_tail())
+    };
+    eventually("bench node READY", Duration::from_secs(30), || async {
+        Ok(api::node(&broker.url, &agent.node_id)
+            .await
+            .ok()
+            .filter(|n| n.state() == NodeState::Ready))
+    })
+    .await
+    .map_err(logs)?;
+
+    let channel = api::long_channel(&broker.url);
+    let mut sessions = SessionsClient::new(channel.clone());
+    let mut templates = TemplatesClient::new(channel.clone());
+    let admin = AdminClient::new(channel);
+    let spec = worker_spec(&image, o.warmup_ms);
+
+    // Cold creates of the same spec, for comparison.
+    let mut cold = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s = sessions
+            .create_session(CreateSessionRequest {
+                source: Some(create_session_request::Source::Spec(spec.clone())),
+                ..CreateSessionRequest::default()
+            })
+            .await
+            .map_err(|s| logs(anyhow::anyhow!("cold CreateSession: {s}")))?
+            .into_inner();
+        cold.push(t.elapsed());
+        sessions
+            .delete_session(DeleteSessionRequest { id: s.id })
+            .await?;
+    }
+
+    templates
+        .create_template(CreateTemplateRequest {
+            template: Some(Template {
+                name: "bench".into(),
+                spec: Some(spec.clone()),
+                warm_pool: o.pool,
+                ..Template::default()
+            }),
+        })
+        .await?;
+    let members = |mut admin: AdminClient<Channel>| async move {
+        let listed = admin
+            .list_sessions(AdminListSessionsRequest {
+                filter: Some(ListSessionsRequest {
+                    labels: [("hearth.pool".to_owned(), "bench".to_owned())].into(),
+                    states: vec![SessionState::Ready as i32],
+                    ..ListSessionsRequest::default()
+                }),
+                ..AdminListSessionsRequest::default()
+            })
+            .await?
+            .into_inner();
+        anyhow::Ok(
+            listed
+                .sessions
+                .into_iter()
+                .map(|s| s.id)
+                .collect::<std::collections::BTreeSet<_>>(),
+        )
+    };
+    let full = |templates: TemplatesClient<Channel>| async move {
+        let mut templates = templates;
+        let t = templates
+            .get_template(GetTemplateRequest {
+                name: "bench".into(),
+            })
+            .await?
+            .into_inner();
+        anyhow::Ok((t.pool_ready == o.pool).then_some(()))
+    };
+    let first_fill = Instant::now();
+    eventually("the pool to fill", Duration::from_secs(60), || {
+        full(templates.clone())
+    })
+    .await
+    .map_err(logs)?;
+    let fill_ms = millis(first_fill.elapsed());
+
+    let (mut samples, mut refills) = (Vec::with_capacity(o.claims), Vec::new());
+    let (mut from_pool, mut not_from_pool) = (0usize, 0usize);
+    for i in 0..o.claims {
+        let ready = members(admin.clone()).await?;
+        let t = Instant::now();
+        let claimed = sessions
+            .create_session(CreateSessionRequest {
+                source: Some(create_session_request::Source::Template("bench".into())),
+                labels: [("claim".to_owned(), i.to_string())].into(),
+                ..CreateSessionRequest::default()
+            })
+            .await
+            .map_err(|s| logs(anyhow::anyhow!("claim {i}: {s}")))?
+            .into_inner();
+        samples.push(t.elapsed());
+        if ready.contains(&claimed.id) {
+            from_pool += 1;
+        } else {
+            not_from_pool += 1;
+        }
+        eventually("the pool to refill", Duration::from_secs(60), || {
+            full(templates.clone())
+        })
+        .await
+        .map_err(logs)?;
+        refills.push(t.elapsed());
+        sessions
+            .delete_session(DeleteSessionRequest { id: claimed.id })
+            .await?;
+    }
+    let gone = templates
+        .delete_template(DeleteTemplateRequest {
+            name: "bench".into(),
+        })
+        .await?
+        .into_inner()
+        .pool_sessions_stopped;
+
+    let max_ms = samples.iter().max().copied().map_or(f64::NAN, millis);
+    let claim = summarize_ms(samples);
+    let refill = summarize_ms(refills);
+    let cold = summarize_ms(cold);
+    let report = [
+        ("claim_p50_ms", format!("{:.2}", claim.0)),
+        ("claim_p99_ms", format!("{:.2}", claim.1)),
+        ("claim_max_ms", format!("{max_ms:.2}")),
+        ("claims", o.claims.to_string()),
+        ("claims_from_pool", from_pool.to_string()),
+        ("claims_not_from_pool", not_from_pool.to_string()),
+        ("cold_create_p50_ms", format!("{:.1}", cold.0)),
+        ("refill_p50_ms", format!("{:.1}", refill.0)),
+        ("first_fill_ms", format!("{fill_ms:.0}")),
+        ("pool_size", o.pool.to_string()),
+        ("pool_members_stopped_on_delete", gone.to_string()),
+        ("warmup_ms", o.warmup_ms.to_string()),
+        ("runtime", "process".to_owned()),
+        ("store", if o.etcd { "etcd" } else { "embedded" }.to_owned()),
+    ];
+    println!("machine: {}", machine());
+    println!(
+        "runtime: process (the static test worker {image} as a child process, warm-up {} ms; simulated GPUs)",
+        o.warmup_ms
+    );
+    println!("store: {store}");
+    println!(
+        "claims: CreateSession(template) round trip over gRPC on loopback, one at a time, each after the pool refilled to {}",
+        o.pool
+    );
+    for (k, v) in &report {
+        println!("{k:>32}: {v}");
+    }
+    if o.json {
+        let fields: Vec<String> = report
+            .iter()
+            .map(|(k, v)| {
+                if v.parse::<f64>().is_ok() {
+                    format!("\"{k}\":{v}")
+                } else {
+                    format!("\"{k}\":\"{v}\"")
+                }
+            })
+            .chain([format!("\"machine\":\"{}\"", machine().replace('"', "'"))])
+            .collect();
+        println!("{{{}}}", fields.join(","));
+    }
+    drop(etcd);
     Ok(())
 }
