@@ -14,16 +14,3 @@ use tonic::Status;
 
 /// A boxed server stream, as every streaming RPC here returns.
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// The answer for an RPC whose capability this broker does not have yet. Standbys redirect
-/// to the leader first, so clients learn where to go even then.
-pub async fn unimplemented(
-    cluster: &crate::cluster::Cluster,
-    rpc: &'static str,
-    what: &'static str,
-) -> Status {
-    match cluster.require_leader().await {
-        Err(e) => e.into(),
-        Ok(_) => crate::error::Error::Unimplemented { rpc, what }.into(),
-    }
-}

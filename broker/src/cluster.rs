@@ -72,6 +72,8 @@ pub struct Cluster {
     pub templates: Templates,
     /// Warm-pool bookkeeping.
     pub pools: Pools,
+    /// Node drains in progress.
+    pub drains: crate::drain::Drains,
     /// Commands and turns in flight to agents.
     pub turns: Arc<Turns>,
     /// Cluster events.
@@ -108,6 +110,7 @@ impl Cluster {
             sessions: Sessions::default(),
             templates: Templates::default(),
             pools: Pools::default(),
+            drains: Default::default(),
             turns: Arc::new(Turns::new(metrics.clone())),
             events,
             metrics,

@@ -40,14 +40,6 @@ pub enum Error {
     /// Leadership was lost while the request was being served; retry against the leader.
     #[error("this broker lost leadership while serving the request; retry")]
     Deposed,
-    /// The RPC belongs to a capability this broker does not have yet.
-    #[error("{rpc} is not implemented in this version of Hearth ({what})")]
-    Unimplemented {
-        /// The full RPC name.
-        rpc: &'static str,
-        /// What is missing.
-        what: &'static str,
-    },
     /// The object is not in a state that allows this.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -104,7 +96,6 @@ impl From<Error> for Status {
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::NotLeader { .. } | Error::Deposed => Code::Unavailable,
-            Error::Unimplemented { .. } => Code::Unimplemented,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) | Error::NotRun(_) => Code::Unavailable,
@@ -190,13 +181,6 @@ mod tests {
             (
                 Error::Store(StoreError::Unavailable("down".into())),
                 Code::Unavailable,
-            ),
-            (
-                Error::Unimplemented {
-                    rpc: "hearth.v1.Sessions/Exec",
-                    what: "sessions",
-                },
-                Code::Unimplemented,
             ),
         ];
         for (e, code) in cases {

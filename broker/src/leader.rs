@@ -81,8 +81,8 @@ pub async fn check_liveness(cluster: Arc<Cluster>, shutdown: CancellationToken) 
     }
 }
 
-/// Applies idle and lifetime policy to sessions, and flushes their activity, while this
-/// broker leads.
+/// Applies idle and lifetime policy to sessions, flushes their activity, and moves
+/// drains along, while this broker leads.
 pub async fn check_sessions(cluster: Arc<Cluster>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -98,6 +98,7 @@ pub async fn check_sessions(cluster: Arc<Cluster>, shutdown: CancellationToken) 
                 last_flush = tokio::time::Instant::now();
             }
             cluster.sessions.check_idle(&cluster, &leader, flush).await;
+            cluster.drains.tick(&cluster, &leader);
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod convert;
+pub mod drain;
 pub mod error;
 pub mod events;
 pub mod leader;

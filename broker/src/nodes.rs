@@ -363,23 +363,20 @@ impl Nodes {
         Ok(())
     }
 
-    /// Cordons or uncordons a node.
+    /// Cordons or uncordons a node. Uncordoning also ends a drain.
     pub async fn set_schedulable(
         &self,
         leader: &LeaderState,
         node_id: &str,
         schedulable: bool,
     ) -> Result<Node> {
-        let node = {
-            let mut entries = self.lock();
-            let entry = entries.get_mut(node_id).ok_or_else(|| Error::NotFound {
-                kind: "node",
-                id: node_id.to_owned(),
-            })?;
-            entry.node.schedulable = schedulable;
-            entry.node.clone()
-        };
-        self.persist(leader, &node).await?;
+        self.update(leader, node_id, |node| {
+            node.schedulable = schedulable;
+            if schedulable {
+                node.draining = false;
+            }
+        })
+        .await?;
         let (kind, verb) = if schedulable {
             ("node.uncordoned", "schedulable again")
         } else {
@@ -388,6 +385,42 @@ impl Nodes {
         self.events
             .emit(kind, node_id, "", format!("node {node_id} is {verb}"));
         self.get(node_id)
+    }
+
+    /// Marks a node draining (and cordoned), or not draining.
+    pub async fn set_draining(
+        &self,
+        leader: &LeaderState,
+        node_id: &str,
+        draining: bool,
+    ) -> Result<Node> {
+        self.update(leader, node_id, |node| {
+            node.draining = draining;
+            if draining {
+                node.schedulable = false;
+            }
+        })
+        .await?;
+        self.get(node_id)
+    }
+
+    /// Changes a node's record with `change` and persists it.
+    async fn update(
+        &self,
+        leader: &LeaderState,
+        node_id: &str,
+        change: impl FnOnce(&mut Node),
+    ) -> Result<()> {
+        let node = {
+            let mut entries = self.lock();
+            let entry = entries.get_mut(node_id).ok_or_else(|| Error::NotFound {
+                kind: "node",
+                id: node_id.to_owned(),
+            })?;
+            change(&mut entry.node);
+            entry.node.clone()
+        };
+        self.persist(leader, &node).await
     }
 
     /// Writes a node record (without telemetry), fenced by the leader's epoch.

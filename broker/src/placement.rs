@@ -193,11 +193,12 @@ fn fit<'a>(
     if node.state() != NodeState::Ready {
         return Err(node.state().as_str_name().to_owned());
     }
-    if !node.schedulable {
-        return Err("cordoned".to_owned());
-    }
+    // A drain also cordons; "draining" says more.
     if node.draining {
         return Err("draining".to_owned());
+    }
+    if !node.schedulable {
+        return Err("cordoned".to_owned());
     }
     if let Some(p) = placement {
         let mut selector: Vec<_> = p.node_selector.iter().collect();

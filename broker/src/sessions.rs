@@ -98,6 +98,8 @@ pub struct Entry {
     idle_action: IdleAction,
     max_lifetime: Option<Duration>,
     inflight: AtomicU32,
+    /// Set when the session is to stop once its turns end (a drain): no new turn starts.
+    closing: AtomicBool,
     dirty: AtomicBool,
 }
 
@@ -120,6 +122,7 @@ impl Entry {
             revision: tokio::sync::Mutex::new(revision),
             lifetime_from: Mutex::new(lifetime_from),
             inflight: AtomicU32::new(0),
+            closing: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
         })
     }
@@ -145,7 +148,8 @@ impl Entry {
         lock(&self.record).state()
     }
 
-    fn id(&self) -> String {
+    /// The session id.
+    pub fn id(&self) -> String {
         lock(&self.record).id.clone()
     }
 
@@ -171,7 +175,7 @@ pub struct TurnGuard {
 
 impl Drop for TurnGuard {
     fn drop(&mut self) {
-        self.entry.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.entry.inflight.fetch_sub(1, Ordering::SeqCst);
         self.entry.touch();
     }
 }
@@ -184,6 +188,15 @@ pub struct Route {
     pub generation: u64,
     /// Keeps the session busy until the turn ends.
     pub guard: TurnGuard,
+}
+
+/// How a drain stops a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Once no turn is in flight; new turns are refused meanwhile.
+    BetweenTurns,
+    /// At once, even mid-turn (a drain's deadline passed).
+    Now,
 }
 
 /// What a new session is made from.
@@ -1071,7 +1084,17 @@ impl Sessions {
             )));
         }
         let connection = self.connection(cluster, &node_id)?;
-        entry.inflight.fetch_add(1, Ordering::Relaxed);
+        // Count the turn first, then look for a stop in progress: `stop` sets `closing`
+        // first, then looks for turns. Whichever comes second sees the other, so a turn
+        // either is refused here or is seen (and waited for) by the stop.
+        entry.inflight.fetch_add(1, Ordering::SeqCst);
+        if entry.closing.load(Ordering::SeqCst) {
+            entry.inflight.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::FailedPrecondition(format!(
+                "session {id} is being stopped (its node is draining) and takes no new turns; \
+                 the turn was not run"
+            )));
+        }
         {
             let mut r = lock(&entry.record);
             r.turns_served += 1;
@@ -1085,6 +1108,49 @@ impl Sessions {
             },
             connection,
         ))
+    }
+
+    /// Live sessions placed on `node_id`, PLACED to PAUSED.
+    pub fn on_node(&self, node_id: &str) -> Vec<Arc<Entry>> {
+        lock(&self.entries)
+            .values()
+            .filter(|e| {
+                let r = lock(&e.record);
+                r.node_id == node_id && !is_terminal(r.state())
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Stops a session for a drain. `Stop::BetweenTurns` closes it to new turns and
+    /// stops it once no turn is in flight; until then it returns `Ok(false)` and the
+    /// caller asks again. An unclaimed warm-pool member has no turns and is retired.
+    pub async fn stop(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        entry: &Arc<Entry>,
+        why: &str,
+        how: Stop,
+    ) -> Result<bool> {
+        if self.pool_of(&entry.id()).is_some() {
+            return self.retire(cluster, leader, entry, why).await;
+        }
+        if how == Stop::BetweenTurns {
+            entry.closing.store(true, Ordering::SeqCst);
+            if entry.inflight.load(Ordering::SeqCst) > 0 {
+                return Ok(false);
+            }
+        }
+        self.delete(cluster, leader, entry, why).await?;
+        Ok(true)
+    }
+
+    /// Opens the sessions on `node_id` to turns again (a drain was called off).
+    pub fn reopen(&self, node_id: &str) {
+        for entry in self.on_node(node_id) {
+            entry.closing.store(false, Ordering::SeqCst);
+        }
     }
 
     /// A keep-alive: activity now; returns the new idle deadline.

@@ -11,10 +11,11 @@ use hearth_sdk::proto::v1::{
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
-use super::{BoxStream, unimplemented};
+use super::BoxStream;
 use crate::{
     cluster::{Cluster, Role},
     convert,
+    error::Error,
     nodes::NODES_PREFIX,
 };
 
@@ -77,21 +78,36 @@ impl Admin for AdminService {
         let id = &request.get_ref().id;
         convert::node_id("id", id)?;
         let leader = self.cluster.require_leader().await?;
-        Ok(Response::new(
-            self.cluster
-                .nodes
-                .set_schedulable(&leader, id, true)
-                .await?,
-        ))
+        let node = self
+            .cluster
+            .nodes
+            .set_schedulable(&leader, id, true)
+            .await?;
+        self.cluster.drains.cancel(id);
+        self.cluster.sessions.reopen(id);
+        Ok(Response::new(node))
     }
 
-    async fn drain_node(&self, _: Request<DrainNodeRequest>) -> Result<Response<Node>, Status> {
-        Err(unimplemented(
-            &self.cluster,
-            "hearth.v1.Admin/DrainNode",
-            "draining needs sessions, which this broker does not run yet; CordonNode stops new placements",
-        )
-        .await)
+    async fn drain_node(
+        &self,
+        request: Request<DrainNodeRequest>,
+    ) -> Result<Response<Node>, Status> {
+        let request = request.into_inner();
+        convert::node_id("id", &request.id)?;
+        let requested = request
+            .deadline
+            .as_ref()
+            .map(|d| hearth_sdk::time::std_duration(d, "deadline"))
+            .transpose()
+            .map_err(|reason| Error::invalid("deadline", reason))?;
+        let deadline = crate::drain::deadline(requested)?;
+        let leader = self.cluster.require_leader().await?;
+        Ok(Response::new(
+            self.cluster
+                .drains
+                .start(&self.cluster, &leader, &request.id, deadline)
+                .await?,
+        ))
     }
 
     async fn list_sessions(
