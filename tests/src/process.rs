@@ -213,6 +213,49 @@ pub struct Agent {
     pub node_id: String,
     /// Its admin HTTP address.
     pub admin: String,
+    /// Where its process runtime keeps workload state, if it runs one.
+    state_dir: Option<PathBuf>,
+}
+
+impl Drop for Agent {
+    /// Ends the agent and then its workloads. A process-runtime workload runs in its own
+    /// process group so that it survives an agent restart; at the end of a test nothing
+    /// will adopt it, so it is killed rather than left running.
+    fn drop(&mut self) {
+        self.proc.kill();
+        if let Some(dir) = &self.state_dir {
+            kill_workloads(dir);
+        }
+    }
+}
+
+/// `kill -9` of every process group recorded in a process runtime's state files.
+fn kill_workloads(state_dir: &Path) {
+    let Ok(files) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for file in files.flatten() {
+        let path = file.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let pgid = text
+            .split("\"pgid\":")
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .and_then(|n| n.trim().parse::<i32>().ok())
+            .filter(|pgid| *pgid > 1);
+        if let Some(pgid) = pgid {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 impl Agent {
@@ -233,10 +276,15 @@ impl Agent {
             admin.clone(),
         ];
         // Control-plane tests need no Docker: the process runtime unless told otherwise.
+        let mut state_dir = None;
         if !extra.contains(&"--runtime") {
             let state = dir.join(format!("{node_id}-state"));
             args.extend(["--runtime".to_owned(), "process".to_owned()]);
             args.extend(["--state-dir".to_owned(), state.display().to_string()]);
+            state_dir = Some(state);
+        }
+        if let Some(at) = extra.iter().position(|a| *a == "--state-dir") {
+            state_dir = extra.get(at + 1).map(PathBuf::from);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn(
@@ -249,6 +297,7 @@ impl Agent {
             proc,
             node_id: node_id.to_owned(),
             admin,
+            state_dir,
         })
     }
 }
