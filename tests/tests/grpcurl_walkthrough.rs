@@ -198,10 +198,22 @@ async fn bad_input_through_grpcurl_names_the_field() -> anyhow::Result<()> {
             "not found",
         ),
         (
-            "hearth.v1.Templates/ListTemplates",
-            r#"{}"#,
-            "Unimplemented",
-            "ListTemplates is not implemented",
+            "hearth.v1.Templates/CreateTemplate",
+            r#"{"template": {"name": "Not_Valid"}}"#,
+            "InvalidArgument",
+            "invalid template.name",
+        ),
+        (
+            "hearth.v1.Templates/CreateTemplate",
+            r#"{"template": {"name": "no-image", "spec": {}}}"#,
+            "InvalidArgument",
+            "invalid template.spec.image",
+        ),
+        (
+            "hearth.v1.Templates/GetTemplate",
+            r#"{"name": "nope"}"#,
+            "NotFound",
+            "template \"nope\" not found",
         ),
     ];
     for (method, body, code, message) in cases {
