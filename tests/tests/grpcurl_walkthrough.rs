@@ -1,12 +1,13 @@
-//! Runs the README's grpcurl walkthrough, command by command, with the real grpcurl
-//! binary against a live broker and agent, and checks each command's output. Only the
-//! address is changed (tests never share fixed ports).
+//! Runs the README's grpcurl walkthrough as written, in one shell (the session id one
+//! command keeps is used by the next), with the real grpcurl binary against a live
+//! broker and an agent on Docker, and checks each command's output. Only the address is
+//! changed (tests never share fixed ports).
 
 use std::{process::Command, time::Duration};
 
 use hearth_sdk::proto::v1::NodeState;
 use hearth_tests::{
-    api, eventually,
+    api, eventually, images,
     process::{Agent, Broker},
 };
 
@@ -49,6 +50,27 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("Admin/CordonNode", &["\"id\": \"sim-node\""]),
     ("Admin/UncordonNode", &["\"schedulable\": true"]),
     ("Health/Check", &["SERVING"]),
+    ("Sessions/CreateSession", &["session 0"]),
+    (
+        "Sessions/Exec",
+        // "hello\n" in base64, then the exit status.
+        &["\"stdout\": \"aGVsbG8K\"", "\"exit\""],
+    ),
+    (
+        "Sessions/Invoke",
+        // The status, then the body "1" in base64.
+        &["\"status\": 200", "\"body\": \"MQ==\""],
+    ),
+    (
+        "Sessions/GetSession",
+        &[
+            "SESSION_STATE_READY",
+            "\"nodeId\": \"sim-node\"",
+            "\"turnsServed\": \"2\"",
+            "\"coldStarts\": 1",
+        ],
+    ),
+    ("Sessions/DeleteSession", &["SESSION_STATE_STOPPED"]),
 ];
 
 fn walkthrough() -> Vec<String> {
@@ -62,7 +84,7 @@ fn walkthrough() -> Vec<String> {
     readme[start..end]
         .lines()
         .map(str::trim)
-        .filter(|l| l.starts_with("grpcurl "))
+        .filter(|l| l.starts_with("grpcurl ") || l.starts_with("ID=$(grpcurl "))
         .map(str::to_owned)
         .collect()
 }
@@ -83,20 +105,29 @@ fn grpcurl_available() -> bool {
 async fn readme_grpcurl_walkthrough_runs_as_written() -> anyhow::Result<()> {
     let commands = walkthrough();
     assert!(
-        commands.len() >= 5,
+        commands.len() >= 10,
         "the walkthrough lost its commands: {commands:?}"
     );
-    if !grpcurl_available() {
+    if !grpcurl_available() || !images::docker_or_skip() {
         return Ok(());
     }
+    images::worker_image()?;
     let dir = tempfile::tempdir()?;
     let store = dir.path().join("store").display().to_string();
+    let state = dir.path().join("agent-state").display().to_string();
     let broker = Broker::spawn(dir.path(), "broker", &["--store-path", &store])?;
     let _agent = Agent::spawn(
         dir.path(),
         "sim-node",
         &[&broker.url],
-        &["--simulate-gpus", "2"],
+        &[
+            "--simulate-gpus",
+            "2",
+            "--runtime",
+            "docker",
+            "--state-dir",
+            &state,
+        ],
     )?;
     eventually(
         "sim-node READY with telemetry",
@@ -110,22 +141,42 @@ async fn readme_grpcurl_walkthrough_runs_as_written() -> anyhow::Result<()> {
     )
     .await?;
 
+    // One shell for the whole walkthrough, as a reader would paste it, with a marker
+    // before each command so its output can be told apart.
     let address = broker.url.trim_start_matches("http://");
-    for command in commands {
+    let mut script = String::new();
+    for (i, command) in commands.iter().enumerate() {
+        let runnable = command.replace("127.0.0.1:7700", address);
+        script += &format!("echo '@@@ {i}'\n{runnable} || echo \"@@@ failed $?\"\n");
+    }
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let sections: Vec<&str> = stdout.split("@@@ ").skip(1).collect();
+    assert_eq!(
+        sections.len(),
+        commands.len(),
+        "the walkthrough did not run through:\n{stdout}\n{stderr}"
+    );
+    for (command, section) in commands.iter().zip(sections) {
+        let printed = section.split_once('\n').map_or("", |(_, rest)| rest);
+        assert!(
+            !printed.contains("@@@ failed") && !section.starts_with("failed"),
+            "{command}\nfailed:\n{printed}\n{stderr}"
+        );
         let expected = EXPECTED
             .iter()
             .find(|(fragment, _)| command.contains(fragment))
             .map(|(_, e)| *e)
             .unwrap_or_else(|| panic!("no expectation for README command {command:?}: add one"));
-        let runnable = command.replace("127.0.0.1:7700", address);
-        let out = Command::new("sh").arg("-c").arg(&runnable).output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{command}\nfailed: {stderr}{stdout}");
         for want in expected {
             assert!(
-                stdout.contains(want),
-                "{command}\nprinted:\n{stdout}\nwithout {want:?}"
+                printed.contains(want),
+                "{command}\nprinted:\n{printed}\nwithout {want:?}\n{stderr}"
             );
         }
     }
