@@ -14,6 +14,11 @@
 //! of the STARTING state; no readiness wait. The broker's RSS is sampled from
 //! `/proc/<pid>/status` (peak, with `VmHWM`), its CPU from `/proc/<pid>/stat` over the
 //! waves' wall time.
+//!
+//! `--concurrency 1` measures placement alone. With calls in flight, concurrent creates
+//! may pick the same GPUs; the broker's etcd transaction lets one win and the others
+//! retry on fresh state (at most five tries, then UNAVAILABLE), which then shows in the
+//! latency and in `create_errors`.
 
 use std::{
     collections::BTreeMap,
@@ -208,6 +213,14 @@ pub fn machine() -> String {
         .and_then(|s| status_kib(&s, "MemTotal:"))
         .map_or_else(String::new, |kib| format!(", {} GiB RAM", kib / (1 << 20)));
     format!("{cores} cores, {cpu}{mem}")
+}
+
+/// The 1-minute load average: other work on the machine skews every figure.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn status_kib(text: &str, field: &str) -> Option<u64> {
@@ -464,7 +477,11 @@ async fn metric(admin: &str, name: &str) -> Option<f64> {
 }
 
 fn json_value(v: &str) -> String {
-    if v.parse::<f64>().is_ok_and(f64::is_finite) || v.starts_with('{') {
+    if v.parse::<f64>().is_ok_and(f64::is_finite)
+        || v.starts_with('{')
+        || v == "true"
+        || v == "false"
+    {
         v.to_owned()
     } else {
         format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "'"))
@@ -492,7 +509,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     let ticks = clock_ticks();
-    println!("machine: {}", machine());
+    let load_start = load_average();
+    println!("machine: {} (load average {load_start})", machine());
     println!(
         "fleet: {} SIMULATED hosts x {} simulated GPUs = {capacity} GPUs (no real GPU or workload; \
          hosts speak the real NodeAgent protocol from this process, {} per HTTP/2 connection)",
@@ -752,6 +770,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         ("mix", mix_text.clone()),
         ("connect_s", format!("{connect_s:.1}")),
         ("waves_s", format!("{waves_secs:.1}")),
+        ("load_average_start", load_start.clone()),
+        ("load_average_end", load_average()),
         ("simulated", "true".to_owned()),
     ];
     println!();
