@@ -1,16 +1,23 @@
-//! The single-process store: etcd's data model in memory, persisted to one local file.
+//! The single-process store: etcd's data model in memory, persisted to a snapshot file
+//! and a write-ahead log beside it.
 //!
-//! Every successful write rewrites the whole snapshot (`<file>.tmp`, fsync, rename over
-//! `<file>`, fsync the directory). That costs O(state) per write, which is fine for the
-//! few thousand records one machine holds, and buys a file that is always either the old
-//! or the new state, never a torn mix. Brokers that need more run on etcd.
+//! Every successful write appends one record (its revision and ops, length-prefixed and
+//! checksummed) to `<file>.wal` and waits for `fdatasync`, as etcd does: about 0.2 ms on
+//! the reference VM, where rewriting a snapshot and fsyncing it and its directory took
+//! 5-50 ms and put a warm-pool claim over its 10 ms budget. Once the log passes a few MiB, the whole
+//! state is written as a snapshot (`<file>.tmp`, fsync, rename over `<file>`, fsync the
+//! directory) and the log is emptied; opening the store does the same after replaying
+//! the log. A record torn by a crash is never acknowledged, so replay stops at the first
+//! incomplete or corrupt record and drops it; records already in the snapshot (a crash
+//! between snapshot and truncation) are skipped by revision. Brokers that need more than
+//! one machine's few thousand records, or several brokers, run on etcd.
 //!
 //! A sibling `<file>.lock` holds an exclusive OS lock for the store's whole life, so two
 //! brokers can never write the same file.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +37,11 @@ use super::{
 /// empty store.
 const FORMAT: &str = "hearth.store.embedded.v1";
 
+/// Log size past which the state is snapshotted and the log emptied.
+const COMPACT_AFTER_BYTES: u64 = 4 << 20;
+/// Bytes before each log record: its length and its checksum, both little-endian u32.
+const RECORD_HEADER: usize = 8;
+
 /// The store used when no etcd endpoints are configured.
 ///
 /// Semantics are etcd's, exactly: the revision of an empty store is 1; each transaction
@@ -43,6 +55,8 @@ pub struct EmbeddedStore {
 struct Inner {
     path: PathBuf,
     state: Mutex<State>,
+    /// The write-ahead log. Locked only while `state` is, so records go in revision order.
+    wal: Mutex<Wal>,
     /// Wakes campaigners when the live leadership ends.
     leader_gone: Notify,
     /// Held, never read: dropping it releases the OS lock.
@@ -65,6 +79,190 @@ struct Snapshot {
     revision: i64,
     #[prost(message, repeated, tag = "3")]
     entries: Vec<Entry>,
+}
+
+/// One write, as the log holds it: applying `ops` to the state at `revision - 1` gives
+/// the state at `revision`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WalRecord {
+    #[prost(int64, tag = "1")]
+    revision: i64,
+    #[prost(message, repeated, tag = "2")]
+    ops: Vec<WalOp>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WalOp {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+    /// A delete (`value` unused); otherwise a put.
+    #[prost(bool, tag = "3")]
+    delete: bool,
+}
+
+fn wal_ops(ops: &[Op]) -> Vec<WalOp> {
+    ops.iter()
+        .map(|op| match op {
+            Op::Put { key, value } => WalOp {
+                key: key.clone(),
+                value: value.clone(),
+                delete: false,
+            },
+            Op::Delete { key } => WalOp {
+                key: key.clone(),
+                value: Vec::new(),
+                delete: true,
+            },
+        })
+        .collect()
+}
+
+fn ops_of(record: WalRecord) -> Vec<Op> {
+    record
+        .ops
+        .into_iter()
+        .map(|op| {
+            if op.delete {
+                Op::Delete { key: op.key }
+            } else {
+                Op::Put {
+                    key: op.key,
+                    value: op.value,
+                }
+            }
+        })
+        .collect()
+}
+
+/// FNV-1a: enough to tell a torn or garbled record from a whole one.
+fn checksum(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The open log file.
+struct Wal {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl Wal {
+    /// Opens the log empty (its records are in the snapshot by now).
+    fn create_empty(path: PathBuf) -> Result<Self, StoreError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| file_error(&path, e))?;
+        let mut wal = Self { path, file, len: 1 };
+        wal.truncate()?;
+        Ok(wal)
+    }
+
+    /// Appends one record and waits until it is on disk. On failure the log is cut back
+    /// to where it was, so it never holds a record that was not acknowledged.
+    fn append(&mut self, record: &WalRecord) -> Result<(), StoreError> {
+        let payload = record.encode_to_vec();
+        let len = u32::try_from(payload.len()).map_err(|_| {
+            file_error(
+                &self.path,
+                io::Error::new(io::ErrorKind::InvalidInput, "one write larger than 4 GiB"),
+            )
+        })?;
+        let mut bytes = Vec::with_capacity(RECORD_HEADER + payload.len());
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&checksum(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let written = self
+            .file
+            .write_all(&bytes)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            let _ = self.file.set_len(self.len);
+            return Err(file_error(&self.path, e));
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn truncate(&mut self) -> Result<(), StoreError> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| file_error(&self.path, e))?;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// Applies the log at `path` on top of `state`; returns how many records it applied.
+/// Stops at the first torn or corrupt record: one that was never acknowledged.
+fn replay(path: &Path, state: &mut State) -> Result<usize, StoreError> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes).map_err(|e| file_error(path, e))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(file_error(path, e)),
+    }
+    let corrupt = |reason: String| {
+        file_error(
+            path,
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the store's log does not follow its snapshot ({reason})"),
+            ),
+        )
+    };
+    let (mut at, mut applied) = (0usize, 0usize);
+    while bytes.len() - at >= RECORD_HEADER {
+        let word =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let (len, sum) = (word(at) as usize, word(at + 4));
+        let Some(payload) = bytes.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
+            break;
+        };
+        if checksum(payload) != sum {
+            break;
+        }
+        let Ok(record) = WalRecord::decode(payload) else {
+            break;
+        };
+        at += RECORD_HEADER + len;
+        if record.revision <= state.revision {
+            // Already in the snapshot: the log was not emptied after the last one.
+            continue;
+        }
+        let revision = record.revision;
+        if revision != state.revision + 1 {
+            return Err(corrupt(format!(
+                "record for revision {revision} follows revision {}",
+                state.revision
+            )));
+        }
+        if !state.apply(ops_of(record)) || state.revision != revision {
+            return Err(corrupt(format!(
+                "record for revision {revision} does not change the state"
+            )));
+        }
+        applied += 1;
+    }
+    if at < bytes.len() {
+        tracing::warn!(
+            path = %path.display(),
+            bytes = bytes.len() - at,
+            "dropping the unacknowledged end of the store's log (a write torn by a crash)"
+        );
+    }
+    Ok(applied)
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -95,21 +293,26 @@ impl EmbeddedStore {
         let path = path.as_ref().to_path_buf();
         let lock = take_lock(&path)?;
         let mut state = load(&path)?;
+        let wal_path = with_suffix(&path, ".wal");
+        replay(&wal_path, &mut state)?;
         if state.keys.remove(LEADER_KEY).is_some() {
             state.revision += 1;
-            persist(&path, &state)?;
         }
+        // Start from a snapshot of everything and an empty log.
+        persist(&path, &state)?;
+        let wal = Wal::create_empty(wal_path)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 state: Mutex::new(state),
+                wal: Mutex::new(wal),
                 leader_gone: Notify::new(),
                 _lock: lock,
             }),
         })
     }
 
-    /// The snapshot file.
+    /// The snapshot file (the log is beside it, with `.wal` appended).
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -321,10 +524,12 @@ impl Inner {
             });
         }
         let mut next = state.clone();
+        let ops = wal_ops(&txn.then);
         if next.apply(txn.then) {
-            persist(&self.path, &next)?;
+            self.log(next.revision, ops)?;
             let ended = next.check_leader();
             *state = next;
+            self.compact_if_due(&state);
             if ended {
                 self.leader_gone.notify_waiters();
             }
@@ -335,6 +540,29 @@ impl Inner {
         })
     }
 
+    /// Makes one write durable: appends it to the log. Call with `state` locked.
+    fn log(&self, revision: i64, ops: Vec<WalOp>) -> Result<(), StoreError> {
+        self.wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .append(&WalRecord { revision, ops })
+    }
+
+    /// Once the log is long, writes the state as a snapshot and empties the log. A
+    /// failure is only logged: the log still holds every write. Call with `state` locked.
+    fn compact_if_due(&self, state: &State) {
+        let mut wal = self
+            .wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if wal.len < COMPACT_AFTER_BYTES {
+            return;
+        }
+        if let Err(e) = persist(&self.path, state).and_then(|()| wal.truncate()) {
+            tracing::warn!(error = %e, "could not snapshot the store; its log keeps growing until it can");
+        }
+    }
+
     /// Takes leadership unless a leadership from this process is still live.
     fn try_campaign(&self, record: Vec<u8>) -> Result<Option<Leadership>, StoreError> {
         let mut state = self.lock();
@@ -343,18 +571,25 @@ impl Inner {
         }
         let mut next = state.clone();
         // Delete then put, so the key is created afresh and the epoch always grows.
-        next.keys.remove(LEADER_KEY);
-        next.apply(vec![Op::Put {
-            key: LEADER_KEY.to_owned(),
-            value: record,
-        }]);
+        let ops = vec![
+            Op::Delete {
+                key: LEADER_KEY.to_owned(),
+            },
+            Op::Put {
+                key: LEADER_KEY.to_owned(),
+                value: record,
+            },
+        ];
+        let logged = wal_ops(&ops);
+        next.apply(ops);
         let leadership = Leadership {
             epoch: next.revision,
             lost: CancellationToken::new(),
         };
         next.live = Some((leadership.epoch, leadership.lost.clone()));
-        persist(&self.path, &next)?;
+        self.log(next.revision, logged)?;
         *state = next;
+        self.compact_if_due(&state);
         Ok(Some(leadership))
     }
 
@@ -366,10 +601,12 @@ impl Inner {
             LEADER_KEY.to_owned(),
             leadership.epoch,
         )) {
-            next.apply(vec![Op::Delete {
+            let ops = vec![Op::Delete {
                 key: LEADER_KEY.to_owned(),
-            }]);
-            persist(&self.path, &next)?;
+            }];
+            let logged = wal_ops(&ops);
+            next.apply(ops);
+            self.log(next.revision, logged)?;
         }
         if next
             .live
@@ -459,5 +696,105 @@ impl Store for EmbeddedStore {
         let inner = Arc::clone(&self.inner);
         let leadership = leadership.clone();
         blocking(move || inner.resign(&leadership)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &[u8]) -> Txn {
+        Txn::default().put(key, value.to_vec())
+    }
+
+    #[tokio::test]
+    async fn writes_survive_a_crash_through_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.pb");
+        {
+            let s = EmbeddedStore::open(&path).unwrap();
+            s.txn(put("a", b"1")).await.unwrap();
+            s.txn(put("b", b"2")).await.unwrap();
+            s.txn(Txn::default().delete("a")).await.unwrap();
+            assert!(
+                std::fs::metadata(with_suffix(&path, ".wal")).unwrap().len() > 0,
+                "the writes went to the log, not a new snapshot"
+            );
+            // Dropped without any shutdown step, as a crash would.
+        }
+        let s = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(s.get("a").await.unwrap(), None);
+        let b = s.get("b").await.unwrap().unwrap();
+        assert_eq!((b.value.as_slice(), b.mod_revision), (b"2".as_slice(), 3));
+        assert_eq!(s.txn(put("c", b"3")).await.unwrap().revision, 5);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_record_is_dropped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.pb");
+        {
+            let s = EmbeddedStore::open(&path).unwrap();
+            s.txn(put("a", b"1")).await.unwrap();
+            s.txn(put("b", b"2")).await.unwrap();
+        }
+        let wal = with_suffix(&path, ".wal");
+        let bytes = std::fs::read(&wal).unwrap();
+        // Cut the second record short, then add garbage, as a crash mid-write leaves it.
+        let mut torn = bytes[..bytes.len() - 2].to_vec();
+        torn.extend_from_slice(b"\xff\xff");
+        std::fs::write(&wal, &torn).unwrap();
+        let s = EmbeddedStore::open(&path).unwrap();
+        assert!(s.get("a").await.unwrap().is_some());
+        assert_eq!(s.get("b").await.unwrap(), None, "never acknowledged");
+        assert_eq!(s.txn(put("c", b"3")).await.unwrap().revision, 3);
+        drop(s);
+        let s = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(s.get("c").await.unwrap().unwrap().mod_revision, 3);
+    }
+
+    #[tokio::test]
+    async fn a_long_log_is_folded_into_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.pb");
+        let wal = with_suffix(&path, ".wal");
+        let s = EmbeddedStore::open(&path).unwrap();
+        let big = vec![7u8; 1 << 20];
+        for i in 0..5 {
+            s.txn(put(&format!("k{i}"), &big)).await.unwrap();
+        }
+        assert!(
+            std::fs::metadata(&wal).unwrap().len() < COMPACT_AFTER_BYTES,
+            "the log was emptied once it passed {COMPACT_AFTER_BYTES} bytes"
+        );
+        drop(s);
+        let s = EmbeddedStore::open(&path).unwrap();
+        for i in 0..5 {
+            assert_eq!(s.get(&format!("k{i}")).await.unwrap().unwrap().value, big);
+        }
+    }
+
+    #[tokio::test]
+    async fn records_already_in_the_snapshot_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.pb");
+        let wal = with_suffix(&path, ".wal");
+        {
+            let s = EmbeddedStore::open(&path).unwrap();
+            s.txn(put("a", b"1")).await.unwrap();
+        }
+        let log = std::fs::read(&wal).unwrap();
+        {
+            // Opening snapshots everything and empties the log...
+            let s = EmbeddedStore::open(&path).unwrap();
+            s.txn(put("b", b"2")).await.unwrap();
+        }
+        // ...but a crash before the log was emptied leaves old records in front.
+        let mut both = log;
+        both.extend(std::fs::read(&wal).unwrap());
+        std::fs::write(&wal, both).unwrap();
+        let s = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(s.get("a").await.unwrap().unwrap().mod_revision, 2);
+        assert_eq!(s.get("b").await.unwrap().unwrap().mod_revision, 3);
     }
 }

@@ -496,7 +496,10 @@ async fn pool(o: PoolOptions) -> anyhow::Result<()> {
             let path = dir.path().join("store");
             (
                 vec!["--store-path".to_owned(), path.display().to_string()],
-                format!("embedded (file {}; every write is fsynced)", path.display()),
+                format!(
+                    "embedded (file {}; every write is appended to its log and fdatasynced)",
+                    path.display()
+                ),
             )
         }
     };
