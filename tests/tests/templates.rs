@@ -737,3 +737,45 @@ async fn a_pool_without_capacity_backs_off_and_says_why() -> anyhow::Result<()> 
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn concurrent_claims_never_share_a_member() -> anyhow::Result<()> {
+    // Room for the two members, their two refills and two cold sessions.
+    let mut f = Fixture::start(6, None).await?;
+    f.create_template(template("race", 2, spec(0, 1))).await?;
+    let members: BTreeSet<String> = f
+        .pool_settles("race", 2)
+        .await?
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    // Four claims at once against two free members: each member goes to one caller only,
+    // and the others start cold (or from refills), each a different session.
+    let claims = (0..4).map(|i| {
+        let mut sessions = f.sessions.clone();
+        async move {
+            sessions
+                .create_session(CreateSessionRequest {
+                    source: Some(create_session_request::Source::Template("race".into())),
+                    labels: [("caller".to_owned(), i.to_string())].into(),
+                    ..CreateSessionRequest::default()
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    });
+    let mut got = Vec::new();
+    for result in futures::future::join_all(claims).await {
+        got.push(result.map_err(|s| f.with_logs(s))?);
+    }
+    let ids: BTreeSet<&String> = got.iter().map(|s| &s.id).collect();
+    assert_eq!(ids.len(), 4, "every caller got its own session: {got:?}");
+    let from_pool = got.iter().filter(|s| members.contains(&s.id)).count();
+    assert_eq!(from_pool, 2, "both warm members were handed out, once each");
+    for s in &got {
+        assert_eq!(s.state(), SessionState::Ready);
+        assert_eq!(s.template, "race");
+        assert!(!s.labels.contains_key(POOL_LABEL), "{s:?}");
+    }
+    Ok(())
+}
