@@ -16,48 +16,8 @@ pub fn key_value(input: &str) -> Result<(String, String), String> {
 }
 
 /// A byte size such as `40GiB`, `512MiB`, `1.5G` or a plain `1024`: the same rules as the
-/// agent's `--simulate-gpu-memory`. Binary units (`Ki`, `Mi`, `Gi`, `Ti`, with or without
-/// `B`) are powers of 1024, decimal ones (`K`, `M`, `G`, `T`, with or without `B`) powers
-/// of 1000, as in Kubernetes quantities; units are case-insensitive.
-pub fn size(input: &str) -> Result<u64, String> {
-    let s = input.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = (&s[..split], s[split..].trim());
-    let multiplier: u128 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "ki" | "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mi" | "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gi" | "gib" => 1 << 30,
-        "t" | "tb" => 1_000_000_000_000,
-        "ti" | "tib" => 1 << 40,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?}; use B, KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB \
-                 (powers of 1000), such as 40GiB"
-            ));
-        }
-    };
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() || fraction.contains('.') || (number.contains('.') && fraction.is_empty()) {
-        return Err("expected a number and an optional unit, such as 40GiB".to_owned());
-    }
-    let too_big = || "too large".to_owned();
-    let whole: u128 = whole.parse().map_err(|_| too_big())?;
-    let mut bytes = whole.checked_mul(multiplier).ok_or_else(too_big)?;
-    if !fraction.is_empty() {
-        if fraction.len() > 18 {
-            return Err("too many decimal places".to_owned());
-        }
-        let digits: u128 = fraction.parse().map_err(|_| too_big())?;
-        bytes += digits * multiplier / 10u128.pow(fraction.len() as u32);
-    }
-    u64::try_from(bytes).map_err(|_| too_big())
-}
+/// agent's `--simulate-gpu-memory`.
+pub use hearth_sdk::size::parse as size;
 
 /// A duration with units, such as `30m`, `1h30m`, `90s` or `500ms`.
 pub fn duration(input: &str) -> Result<Duration, String> {
@@ -154,22 +114,6 @@ mod tests {
         assert_eq!(key_value("A=b=c"), Ok(("A".into(), "b=c".into())));
         assert!(key_value("FOO").unwrap_err().contains("expected K=V"));
         assert!(key_value("=x").unwrap_err().contains("key"));
-    }
-
-    #[test]
-    fn sizes_take_binary_and_decimal_units() {
-        assert_eq!(size("40GiB"), Ok(40 << 30));
-        assert_eq!(size("40gi"), Ok(40 << 30));
-        assert_eq!(size("40GB"), Ok(40_000_000_000));
-        assert_eq!(size("512 MiB"), Ok(512 << 20));
-        assert_eq!(size("1.5GiB"), Ok(3 << 29));
-        assert_eq!(size("1024"), Ok(1024));
-        assert_eq!(size("2k"), Ok(2000));
-        assert!(size("12XB").unwrap_err().contains("unknown unit \"XB\""));
-        for bad in ["", "GiB", "1.2.3G", "-1", "1.G", ".5G", "eighty"] {
-            assert!(size(bad).is_err(), "{bad:?} was accepted");
-        }
-        assert!(size("16777216TiB").unwrap_err().contains("too large"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-pub use size::parse_size;
+pub use hearth_sdk::size::parse as parse_size;
 
 /// Most simulated GPUs one agent may claim: the broker accepts at most 64 GPUs per node.
 pub const MAX_SIMULATED_GPUS: u32 = 64;

@@ -12,6 +12,7 @@
 //! - `session`: [`Session`], a handle on one session with a background keep-alive, and
 //!   its turns ([`Exec`], [`Invoke`]).
 //! - `retry`: [`RetryPolicy`] and what is safe to retry.
+//! - `size`: human byte sizes (`80GiB`) for flags and config files.
 //! - `time`: conversions between protobuf timestamps/durations and std types.
 //! - `ops` (feature `server`): admin HTTP (`/live`, `/ready`, `/metrics`) and tracing set-up.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod error;
 pub mod ops;
 pub mod retry;
 pub mod session;
+pub mod size;
 pub mod time;
 
 /// Generated code for the `hearth.v1` package.
