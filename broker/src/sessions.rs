@@ -1289,7 +1289,7 @@ impl Sessions {
     }
 
     /// Pool keys found at load that name no live session.
-    pub fn take_stale_pool_keys(&self) -> Vec<String> {
+    fn take_stale_pool_keys(&self) -> Vec<String> {
         std::mem::take(&mut *lock(&self.stale_pool_keys))
     }
 
