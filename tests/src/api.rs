@@ -47,6 +47,21 @@ pub async fn node(url: &str, id: &str) -> Result<Node, tonic::Status> {
         .map(|r| r.into_inner())
 }
 
+/// Waits (up to 30 s) until the broker at `url` has node `id` READY, and returns it.
+pub async fn node_ready(url: &str, id: &str) -> anyhow::Result<Node> {
+    crate::eventually(
+        &format!("node {id} READY"),
+        Duration::from_secs(30),
+        || async {
+            Ok(node(url, id)
+                .await
+                .ok()
+                .filter(|n| n.state() == hearth_sdk::proto::v1::NodeState::Ready))
+        },
+    )
+    .await
+}
+
 /// One Invoke turn, collected: the status and the whole body.
 pub async fn invoke(
     client: &mut hearth_sdk::proto::v1::sessions_client::SessionsClient<Channel>,

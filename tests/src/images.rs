@@ -90,6 +90,25 @@ fn run_script(args: &[&str]) -> anyhow::Result<String> {
     }
 }
 
+/// A session spec that runs the test worker `image` (the image tag for the docker
+/// runtime, the binary's path for the process runtime): its HTTP port 8080, named
+/// `http`, and a TCP readiness probe on it. Tests set GPUs, idle policy and the rest.
+pub fn worker_spec(image: impl Into<String>) -> hearth_sdk::proto::v1::SessionSpec {
+    use hearth_sdk::proto::v1::{PortSpec, ReadinessProbe, SessionSpec, readiness_probe};
+    SessionSpec {
+        image: image.into(),
+        ports: vec![PortSpec {
+            port: 8080,
+            name: "http".into(),
+        }],
+        readiness: Some(ReadinessProbe {
+            check: Some(readiness_probe::Check::TcpPort(8080)),
+            ..ReadinessProbe::default()
+        }),
+        ..SessionSpec::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,8 +15,8 @@ use futures::StreamExt as _;
 use hearth_sdk::{
     Client, Session,
     proto::v1::{
-        DrainNodeRequest, GpuRequest, NodeState, PlacementSpec, PortSpec, ReadinessProbe,
-        SessionSpec, SessionState, UncordonNodeRequest, WatchEventsRequest, readiness_probe,
+        DrainNodeRequest, GpuRequest, PlacementSpec, SessionSpec, SessionState,
+        UncordonNodeRequest, WatchEventsRequest,
     },
 };
 use hearth_tests::{
@@ -49,13 +49,7 @@ impl Fixture {
             )?);
         }
         for id in nodes {
-            eventually(&format!("{id} READY"), Duration::from_secs(30), || async {
-                Ok(api::node(&broker.url, id)
-                    .await
-                    .ok()
-                    .filter(|n| n.state() == NodeState::Ready))
-            })
-            .await?;
+            api::node_ready(&broker.url, id).await?;
         }
         let client = Client::connect(&broker.url).await?;
         Ok(Self {
@@ -69,24 +63,15 @@ impl Fixture {
     /// A worker session pinned to `node`.
     async fn session_on(&self, node: &str) -> anyhow::Result<Session> {
         let spec = SessionSpec {
-            image: images::worker_binary().display().to_string(),
             gpus: Some(GpuRequest {
                 count: 1,
                 ..GpuRequest::default()
-            }),
-            ports: vec![PortSpec {
-                port: 8080,
-                name: "http".into(),
-            }],
-            readiness: Some(ReadinessProbe {
-                check: Some(readiness_probe::Check::TcpPort(8080)),
-                ..ReadinessProbe::default()
             }),
             placement: Some(PlacementSpec {
                 node_selector: [("node".to_owned(), node.to_owned())].into(),
                 ..PlacementSpec::default()
             }),
-            ..SessionSpec::default()
+            ..images::worker_spec(images::worker_binary().display().to_string())
         };
         let session = self.client.create(spec).await?;
         assert_eq!(session.info().node_id, node);

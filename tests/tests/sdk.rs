@@ -6,10 +6,7 @@ use std::time::Duration;
 
 use hearth_sdk::{
     Client, Error, RetryPolicy, Session,
-    proto::v1::{
-        GpuRequest, NodeState, PortSpec, ReadinessProbe, SessionSpec, SessionState, exec_response,
-        invoke_response, readiness_probe,
-    },
+    proto::v1::{GpuRequest, SessionSpec, SessionState, exec_response, invoke_response},
 };
 use hearth_tests::{
     api, eventually, images,
@@ -44,40 +41,26 @@ impl Fixture {
     }
 
     async fn node_ready(&self) -> anyhow::Result<()> {
-        eventually("node READY", Duration::from_secs(30), || async {
-            Ok(api::node(&self.broker.url, &self.agent.node_id)
-                .await
-                .ok()
-                .filter(|n| n.state() == NodeState::Ready))
-        })
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{e}\n{}\n{}",
-                self.broker.proc.log_tail(),
-                self.agent.proc.log_tail()
-            )
-        })?;
+        api::node_ready(&self.broker.url, &self.agent.node_id)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\n{}\n{}",
+                    self.broker.proc.log_tail(),
+                    self.agent.proc.log_tail()
+                )
+            })?;
         Ok(())
     }
 
     fn spec(&self, idle: Duration) -> SessionSpec {
         SessionSpec {
-            image: images::worker_binary().display().to_string(),
             gpus: Some(GpuRequest {
                 count: 1,
                 ..GpuRequest::default()
             }),
-            ports: vec![PortSpec {
-                port: 8080,
-                name: "http".into(),
-            }],
-            readiness: Some(ReadinessProbe {
-                check: Some(readiness_probe::Check::TcpPort(8080)),
-                ..ReadinessProbe::default()
-            }),
             idle_timeout: Some(hearth_sdk::time::duration(idle)),
-            ..SessionSpec::default()
+            ..images::worker_spec(self.worker())
         }
     }
 
@@ -404,27 +387,10 @@ async fn a_client_pointed_at_a_standby_follows_the_leader() -> anyhow::Result<()
         &[&leader.url],
         &["--simulate-gpus", "1"],
     )?;
-    eventually("node READY", Duration::from_secs(30), || async {
-        Ok(api::node(&leader.url, &agent.node_id)
-            .await
-            .ok()
-            .filter(|n| n.state() == NodeState::Ready))
-    })
-    .await?;
+    api::node_ready(&leader.url, &agent.node_id).await?;
 
     let client = Client::connect(&standby.url).await?;
-    let spec = SessionSpec {
-        image: images::worker_binary().display().to_string(),
-        ports: vec![PortSpec {
-            port: 8080,
-            name: "http".into(),
-        }],
-        readiness: Some(ReadinessProbe {
-            check: Some(readiness_probe::Check::TcpPort(8080)),
-            ..ReadinessProbe::default()
-        }),
-        ..SessionSpec::default()
-    };
+    let spec = images::worker_spec(images::worker_binary().display().to_string());
     let session = client.create(spec).await?;
     assert_eq!(session.info().node_id, "follow-node");
     assert_eq!(incr(&session).await?, (1, 1));
