@@ -140,7 +140,7 @@ impl Error {
             Code::Unavailable | Code::Unknown if std::error::Error::source(status).is_some() => {
                 Error::Unreachable {
                     url: url.to_owned(),
-                    reason: causes(status),
+                    reason: hearth_sdk::error::describe(status),
                 }
             }
             Code::NotFound => match subject {
@@ -212,21 +212,6 @@ fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "data loss",
         Code::Unauthenticated => "unauthenticated",
     }
-}
-
-/// The status's message and the causes beneath it.
-fn causes(status: &tonic::Status) -> String {
-    let mut out = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }
 
 /// Result with the CLI's error.

@@ -107,22 +107,7 @@ pub enum Error {
     StreamClosed,
 }
 
-/// `err` and its causes on one line, skipping a cause whose text the message already shows
-/// (many errors print their source, and some, like tonic's "transport error", print only a
-/// vague summary and keep the useful part in the chain).
-pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
-}
+pub use hearth_sdk::error::report;
 
 #[cfg(test)]
 mod tests {

@@ -114,7 +114,7 @@ impl ClientBuilder {
             .await
             .map_err(|e| Error::Connect {
                 url: self.url.clone(),
-                reason: crate::error::chain(&e),
+                reason: crate::error::report(&e),
             })?;
         self.finish(channel)
     }

@@ -65,18 +65,21 @@ impl Error {
 }
 
 /// The status message, plus its causes when the transport made it up.
-fn describe(status: &tonic::Status) -> String {
-    match std::error::Error::source(status) {
-        Some(source) => format!("{}: {}", status.message(), chain(source)),
-        None => status.message().to_owned(),
-    }
+pub fn describe(status: &tonic::Status) -> String {
+    with_causes(
+        status.message().to_owned(),
+        std::error::Error::source(status),
+    )
 }
 
-/// `e` and its causes, joined with ": ", for errors whose top level says little
-/// ("transport error").
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
+/// `e` and its causes on one line, joined with ": ", skipping a cause whose text is
+/// already shown. Many errors print their source, and some (tonic's "transport error")
+/// print only a vague summary and keep the useful part in the chain.
+pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    with_causes(e.to_string(), e.source())
+}
+
+fn with_causes(mut out: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
     while let Some(cause) = source {
         let text = cause.to_string();
         if !out.contains(&text) {
