@@ -4,6 +4,9 @@
 #   scripts/bench.sh turns --json   Invoke turn latency; needs Docker (the test worker image is
 #                                   built locally; nothing is pulled)
 #   scripts/bench.sh pool --json    warm-pool claim latency; process runtime, no Docker needed
+#   scripts/bench.sh scale --json   one broker on etcd vs 1,000 SIMULATED hosts x 8 GPUs:
+#                                   placement latency, broker RSS and CPU, double bookings;
+#                                   needs etcd (`hearth-bench scale --help` for the flags)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p hearth-broker -p hearth-agent -p hearth-tests --bins
