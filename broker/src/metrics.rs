@@ -34,6 +34,9 @@ pub struct Metrics {
     pub store_writes_total: Counter,
     /// Store writes that failed (unreachable, or fenced out).
     pub store_write_failures_total: Counter,
+    /// Session bookings whose store transaction lost (GPUs booked by another writer, a
+    /// concurrent retry of the same request, or a new leader); each is retried.
+    pub placement_races_total: Counter,
     /// Events recorded.
     pub events_total: Counter,
     /// Events that slow watchers missed.
@@ -98,6 +101,11 @@ impl Metrics {
             "store_write_failures",
             "Store writes that failed or were fenced out",
             self.store_write_failures_total.clone(),
+        );
+        r.register(
+            "placement_races",
+            "Session bookings whose store transaction lost a race and were retried",
+            self.placement_races_total.clone(),
         );
         r.register(
             "events",

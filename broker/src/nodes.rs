@@ -468,6 +468,24 @@ impl Nodes {
         nodes
     }
 
+    /// Runs `f` over every node as placement reads it, borrowed rather than copied: a
+    /// create reads the whole fleet, and copying a thousand nodes with their telemetry
+    /// cost more than placing. `f` runs under the registry's lock, so it must be quick.
+    pub fn with_placement_view<R>(
+        &self,
+        f: impl FnOnce(&[crate::placement::NodeRef<'_>]) -> R,
+    ) -> R {
+        let entries = self.lock();
+        let views: Vec<crate::placement::NodeRef<'_>> = entries
+            .values()
+            .map(|e| crate::placement::NodeRef {
+                node: &e.node,
+                telemetry: e.telemetry.as_ref().map(|(t, _)| t),
+            })
+            .collect();
+        f(&views)
+    }
+
     /// The node's liveness state, if it is known.
     pub fn state(&self, node_id: &str) -> Option<NodeState> {
         self.lock().get(node_id).map(|e| e.node.state())

@@ -14,7 +14,9 @@ use std::{
     collections::{HashMap, HashSet},
 };
 
-use hearth_sdk::proto::v1::{Gpu, GpuRequest, Node, NodeState, PlacementSpec, PlacementStrategy};
+use hearth_sdk::proto::v1::{
+    Gpu, GpuRequest, Node, NodeState, NodeTelemetry, PlacementSpec, PlacementStrategy,
+};
 use serde::Deserialize;
 
 /// How the nodes that pass the filters are scored.
@@ -81,6 +83,26 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     rest.is_empty()
 }
 
+/// A node as placement reads it: its record and its latest telemetry, borrowed from the
+/// registry so that a placement over a thousand nodes copies none of them.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeRef<'a> {
+    /// The node's record.
+    pub node: &'a Node,
+    /// Its latest telemetry, if any.
+    pub telemetry: Option<&'a NodeTelemetry>,
+}
+
+impl<'a> NodeRef<'a> {
+    /// A node whose record carries its telemetry (as `Admin` returns it).
+    pub fn of(node: &'a Node) -> Self {
+        Self {
+            node,
+            telemetry: node.telemetry.as_ref(),
+        }
+    }
+}
+
 /// A node that passed the filters, with the GPUs it would give.
 struct Candidate<'a> {
     node: &'a Node,
@@ -91,8 +113,8 @@ struct Candidate<'a> {
     free_vram: u64,
 }
 
-/// Picks a node and GPUs, or explains why none fits (a message for RESOURCE_EXHAUSTED).
-/// `default` is the cluster's strategy, used unless the request names one.
+/// Picks a node and GPUs among `nodes`, with `allocated` taken; see [`place_among`].
+#[cfg(test)]
 pub fn place(
     nodes: &[Node],
     allocated: &Allocated,
@@ -100,12 +122,27 @@ pub fn place(
     placement: Option<&PlacementSpec>,
     default: Strategy,
 ) -> Result<Placement, String> {
+    let refs: Vec<NodeRef> = nodes.iter().map(NodeRef::of).collect();
+    let taken = |node: &str, uuid: &str| allocated.get(node).is_some_and(|a| a.contains(uuid));
+    place_among(&refs, &taken, gpus, placement, default)
+}
+
+/// Picks a node and GPUs, or explains why none fits (a message for RESOURCE_EXHAUSTED).
+/// `taken(node, uuid)` says whether a GPU is allocated or reserved. `default` is the
+/// cluster's strategy, used unless the request names one.
+pub fn place_among(
+    nodes: &[NodeRef<'_>],
+    taken: &dyn Fn(&str, &str) -> bool,
+    gpus: &GpuRequest,
+    placement: Option<&PlacementSpec>,
+    default: Strategy,
+) -> Result<Placement, String> {
     let mut reasons: Vec<String> = Vec::new();
     let mut candidates = Vec::new();
     for node in nodes {
-        match fit(node, allocated.get(&node.id), gpus, placement) {
+        match fit(*node, taken, gpus, placement) {
             Ok(candidate) => candidates.push(candidate),
-            Err(why) => reasons.push(format!("{}: {why}", node.id)),
+            Err(why) => reasons.push(format!("{}: {why}", node.node.id)),
         }
     }
     let best = match Strategy::for_request(default, placement) {
@@ -165,17 +202,16 @@ pub fn place(
 }
 
 /// Free memory of `gpu` by the node's latest telemetry, or its total without telemetry.
-fn free_vram(node: &Node, gpu: &Gpu) -> u64 {
-    node.telemetry
-        .as_ref()
+fn free_vram(telemetry: Option<&NodeTelemetry>, gpu: &Gpu) -> u64 {
+    telemetry
         .and_then(|t| t.gpus.iter().find(|s| s.uuid == gpu.uuid))
         .map(|s| s.memory_total_bytes.saturating_sub(s.memory_used_bytes))
         .unwrap_or(gpu.memory_total_bytes)
 }
 
 /// True when the latest telemetry reports a fatal XID for `gpu`.
-fn lost_to_xid(node: &Node, gpu: &Gpu) -> bool {
-    node.telemetry.as_ref().is_some_and(|t| {
+fn lost_to_xid(telemetry: Option<&NodeTelemetry>, gpu: &Gpu) -> bool {
+    telemetry.is_some_and(|t| {
         t.gpus
             .iter()
             .filter(|s| s.uuid == gpu.uuid)
@@ -185,11 +221,12 @@ fn lost_to_xid(node: &Node, gpu: &Gpu) -> bool {
 }
 
 fn fit<'a>(
-    node: &'a Node,
-    allocated: Option<&HashSet<String>>,
+    view: NodeRef<'a>,
+    taken: &dyn Fn(&str, &str) -> bool,
     gpus: &GpuRequest,
     placement: Option<&PlacementSpec>,
 ) -> Result<Candidate<'a>, String> {
+    let node = view.node;
     if node.state() != NodeState::Ready {
         return Err(node.state().as_str_name().to_owned());
     }
@@ -216,14 +253,14 @@ fn fit<'a>(
     let free: Vec<&Gpu> = node
         .gpus
         .iter()
-        .filter(|g| allocated.is_none_or(|a| !a.contains(&g.uuid)))
-        .filter(|g| !lost_to_xid(node, g))
+        .filter(|g| !taken(&node.id, &g.uuid))
+        .filter(|g| !lost_to_xid(view.telemetry, g))
         .collect();
     let mut matching: Vec<(&Gpu, u64)> = free
         .iter()
         .filter(|g| glob_match(&gpus.model, &g.name))
         .filter(|g| g.memory_total_bytes >= gpus.min_memory_bytes)
-        .map(|g| (*g, free_vram(node, g)))
+        .map(|g| (*g, free_vram(view.telemetry, g)))
         .collect();
     if (matching.len() as u32) < gpus.count {
         return Err(format!("{} matching free GPU(s)", matching.len()));

@@ -30,9 +30,9 @@ use std::{
 };
 
 use hearth_sdk::proto::v1::{
-    CommandMeta, CreateSessionRequest, IdleAction, PauseSessionCommand, ResumeSessionCommand,
-    RunningSession, Session, SessionEvent, SessionSpec, SessionState, StartSessionCommand,
-    StopSessionCommand, broker_message, create_session_request,
+    CommandMeta, CreateSessionRequest, GpuRequest, IdleAction, PauseSessionCommand, PlacementSpec,
+    ResumeSessionCommand, RunningSession, Session, SessionEvent, SessionSpec, SessionState,
+    StartSessionCommand, StopSessionCommand, broker_message, create_session_request,
 };
 use prost::Message as _;
 use tokio::sync::watch;
@@ -242,6 +242,9 @@ pub struct Membership {
 pub struct Sessions {
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     allocated: Mutex<Allocated>,
+    /// GPUs chosen by creates whose booking has not committed yet. Lock order:
+    /// `allocated`, then `reserved`, then `entries`.
+    reserved: Mutex<Allocated>,
     /// Unclaimed warm-pool members by session id. Lock order: `pooled`, then `entries`.
     pooled: Mutex<HashMap<String, Membership>>,
     /// Pool keys found at load whose session is not live: deleted by the reconciler.
@@ -488,16 +491,7 @@ impl Sessions {
         let mut attempt = 0;
         let revision = loop {
             attempt += 1;
-            let nodes = cluster.nodes.list();
-            let allocated = lock(&self.allocated).clone();
-            let place = placement::place(
-                &nodes,
-                &allocated,
-                &gpus,
-                checked.spec.placement.as_ref(),
-                cluster.config.placement.strategy,
-            )
-            .map_err(Error::ResourceExhausted)?;
+            let place = self.reserve(cluster, &gpus, checked.spec.placement.as_ref())?;
             record.node_id = place.node_id.clone();
             record.gpu_uuids = place.gpu_uuids.clone();
             let mut txn = Txn::fenced(leader.epoch)
@@ -518,12 +512,18 @@ impl Sessions {
                 txn = txn.put(key.clone(), id.clone().into_bytes());
             }
             cluster.metrics.store_writes_total.inc();
-            let outcome = cluster.store.txn(txn).await?;
-            if outcome.succeeded {
+            let outcome = cluster.store.txn(txn).await;
+            if let Ok(outcome) = &outcome
+                && outcome.succeeded
+            {
                 break outcome.revision;
             }
+            self.unreserve(&place);
+            outcome?;
             // Lost a race: to a new leader, a concurrent retry of the same request, or
-            // another create that booked one of the GPUs. Find out which, then retry.
+            // a write this leader did not make (GPUs booked by a deposed leader). Find
+            // out which, then retry on fresh state.
+            cluster.metrics.placement_races_total.inc();
             self.after_lost_race(cluster, leader).await?;
             if !launch.request_id.is_empty()
                 && let Some(earlier) = self.by_request(cluster, tenant, &launch.request_id).await?
@@ -544,6 +544,13 @@ impl Sessions {
                 .extend(record.gpu_uuids.iter().cloned());
         }
         let entry = Entry::new(record.clone(), Instant::now(), revision);
+        // Live in the registry before the reservation goes: `after_lost_race` counts
+        // both, so the GPUs are never unaccounted for in between.
+        lock(&self.entries).insert(id.clone(), entry.clone());
+        self.unreserve(&placement::Placement {
+            node_id: record.node_id.clone(),
+            gpu_uuids: record.gpu_uuids.clone(),
+        });
         if let Some(key) = pool_key {
             let membership = Membership {
                 template: (tenant.to_owned(), launch.template.clone()),
@@ -553,7 +560,6 @@ impl Sessions {
             };
             lock(&self.pooled).insert(id.clone(), membership);
         }
-        lock(&self.entries).insert(id.clone(), entry.clone());
         cluster.metrics.sessions_created_total.inc();
         cluster.events.emit(
             "session.placed",
@@ -621,8 +627,63 @@ impl Sessions {
                     .insert(uuid.to_owned());
             }
         }
-        *lock(&self.allocated) = allocated;
+        // Creates that committed after the list was read are live sessions by now, or
+        // still hold their reservation (a create enters the registry before it lets the
+        // reservation go, and the reservations stay locked while the registry is read).
+        let mut current = lock(&self.allocated);
+        let _reserved = lock(&self.reserved);
+        for entry in lock(&self.entries).values() {
+            let r = lock(&entry.record);
+            if !is_terminal(r.state()) {
+                allocated
+                    .entry(r.node_id.clone())
+                    .or_default()
+                    .extend(r.gpu_uuids.iter().cloned());
+            }
+        }
+        *current = allocated;
         Ok(())
+    }
+
+    /// Places a session and reserves its GPUs in memory until its booking commits or
+    /// fails, so concurrent creates on this leader never pick the same GPU (and never
+    /// lose a store transaction to each other).
+    fn reserve(
+        &self,
+        cluster: &Cluster,
+        gpus: &GpuRequest,
+        spec: Option<&PlacementSpec>,
+    ) -> Result<placement::Placement> {
+        let allocated = lock(&self.allocated);
+        let mut reserved = lock(&self.reserved);
+        let taken = |node: &str, uuid: &str| {
+            let held = |a: &Allocated| a.get(node).is_some_and(|s| s.contains(uuid));
+            held(&allocated) || held(&reserved)
+        };
+        let place = cluster
+            .nodes
+            .with_placement_view(|nodes| {
+                placement::place_among(nodes, &taken, gpus, spec, cluster.config.placement.strategy)
+            })
+            .map_err(Error::ResourceExhausted)?;
+        reserved
+            .entry(place.node_id.clone())
+            .or_default()
+            .extend(place.gpu_uuids.iter().cloned());
+        Ok(place)
+    }
+
+    /// Lets a reservation go.
+    fn unreserve(&self, place: &placement::Placement) {
+        let mut reserved = lock(&self.reserved);
+        if let Some(set) = reserved.get_mut(&place.node_id) {
+            for uuid in &place.gpu_uuids {
+                set.remove(uuid);
+            }
+            if set.is_empty() {
+                reserved.remove(&place.node_id);
+            }
+        }
     }
 
     /// Waits for a created session to leave its start-up states, unless told not to.
