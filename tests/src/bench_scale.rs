@@ -196,25 +196,6 @@ fn average_gpus(mix: &[(u32, u32)]) -> f64 {
         / 100.0
 }
 
-/// This machine, for the report.
-pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| status_kib(&s, "MemTotal:"))
-        .map_or_else(String::new, |kib| format!(", {} GiB RAM", kib / (1 << 20)));
-    format!("{cores} cores, {cpu}{mem}")
-}
-
 /// The 1-minute load average: other work on the machine skews every figure.
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -476,18 +457,6 @@ async fn metric(admin: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn json_value(v: &str) -> String {
-    if v.parse::<f64>().is_ok_and(f64::is_finite)
-        || v.starts_with('{')
-        || v == "true"
-        || v == "false"
-    {
-        v.to_owned()
-    } else {
-        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "'"))
-    }
-}
-
 fn json_counts(counts: &BTreeMap<String, usize>) -> String {
     let inner: Vec<String> = counts.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     format!("{{{}}}", inner.join(","))
@@ -510,7 +479,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         .join(",");
     let ticks = clock_ticks();
     let load_start = load_average();
-    println!("machine: {} (load average {load_start})", machine());
+    println!(
+        "machine: {} (load average {load_start})",
+        crate::report::machine()
+    );
     println!(
         "fleet: {} SIMULATED hosts x {} simulated GPUs = {capacity} GPUs (no real GPU or workload; \
          hosts speak the real NodeAgent protocol from this process, {} per HTTP/2 connection)",
@@ -775,9 +747,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         ("simulated", "true".to_owned()),
     ];
     println!();
-    for (k, v) in &report {
-        println!("{k:>32}: {v}");
-    }
+    crate::report::print(&report, 32);
     for (k, v) in &first_errors {
         println!("{:>32}: {v}", format!("first {k}"));
     }
@@ -788,12 +758,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         );
     }
     if o.json {
-        let fields: Vec<String> = report
-            .iter()
-            .map(|(k, v)| format!("\"{k}\":{}", json_value(v)))
-            .chain([format!("\"machine\":{}", json_value(&machine()))])
-            .collect();
-        println!("{{{}}}", fields.join(","));
+        println!("{}", crate::report::json_line(&report));
     }
     drop(etcd);
     Ok(())

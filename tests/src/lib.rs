@@ -9,6 +9,7 @@
 //!   `NodeAgent.Connect` protocol (no GPU or workload is real).
 //! - `allocations.rs`: audits GPU allocations straight from etcd (double bookings).
 //! - `bench_scale.rs`: `hearth-bench scale`, a broker on etcd against a simulated fleet.
+//! - `report.rs`: what every benchmark prints (machine, figures, the JSON line).
 
 pub mod allocations;
 pub mod api;
@@ -17,6 +18,7 @@ pub mod etcd;
 pub mod eventually;
 pub mod images;
 pub mod process;
+pub mod report;
 pub mod sim_agent;
 
 pub use eventually::eventually;

@@ -98,20 +98,6 @@ fn summarize(mut samples: Vec<Duration>) -> (f64, f64) {
     (percentile(&us, 0.5), percentile(&us, 0.99))
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}")
-}
-
 /// One hop of raw TCP on loopback: 1 KiB out, 1 KiB back.
 fn tcp_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -383,24 +369,11 @@ async fn turns(o: Options) -> anyhow::Result<()> {
         ("create_to_ready_ms", format!("{create_ms:.0}")),
         ("turns_measured", o.turns.to_string()),
     ];
-    println!("machine: {}", machine());
+    println!("machine: {}", hearth_tests::report::machine());
     println!("worker: {image} in Docker at {worker} (warm-up 500 ms)");
-    for (k, v) in &report {
-        println!("{k:>24}: {v}");
-    }
+    hearth_tests::report::print(&report, 24);
     if o.json {
-        let fields: Vec<String> = report
-            .iter()
-            .map(|(k, v)| {
-                if v.parse::<f64>().is_ok() {
-                    format!("\"{k}\":{v}")
-                } else {
-                    format!("\"{k}\":\"{v}\"")
-                }
-            })
-            .chain([format!("\"machine\":\"{}\"", machine().replace('"', "'"))])
-            .collect();
-        println!("{{{}}}", fields.join(","));
+        println!("{}", hearth_tests::report::json_line(&report));
     }
     Ok(())
 }
@@ -655,7 +628,7 @@ async fn pool(o: PoolOptions) -> anyhow::Result<()> {
         ("runtime", "process".to_owned()),
         ("store", if o.etcd { "etcd" } else { "embedded" }.to_owned()),
     ];
-    println!("machine: {}", machine());
+    println!("machine: {}", hearth_tests::report::machine());
     println!(
         "runtime: process (the static test worker {image} as a child process, warm-up {} ms; simulated GPUs)",
         o.warmup_ms
@@ -665,22 +638,9 @@ async fn pool(o: PoolOptions) -> anyhow::Result<()> {
         "claims: CreateSession(template) round trip over gRPC on loopback, one at a time, each after the pool refilled to {}",
         o.pool
     );
-    for (k, v) in &report {
-        println!("{k:>32}: {v}");
-    }
+    hearth_tests::report::print(&report, 32);
     if o.json {
-        let fields: Vec<String> = report
-            .iter()
-            .map(|(k, v)| {
-                if v.parse::<f64>().is_ok() {
-                    format!("\"{k}\":{v}")
-                } else {
-                    format!("\"{k}\":\"{v}\"")
-                }
-            })
-            .chain([format!("\"machine\":\"{}\"", machine().replace('"', "'"))])
-            .collect();
-        println!("{{{}}}", fields.join(","));
+        println!("{}", hearth_tests::report::json_line(&report));
     }
     drop(etcd);
     Ok(())
