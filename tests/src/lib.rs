@@ -3,6 +3,7 @@
 //! # Layout
 //! - `etcd.rs`: starts a real etcd server per test (fails loudly in CI when missing).
 //! - `process.rs`: `hearth-broker` / `hearth-agent` processes on free ports, `kill -9`.
+//! - `netns.rs`: network namespaces joined to the host by a veth pair (network cuts).
 //! - `eventually.rs`: polling with a deadline.
 //! - `api.rs`: small client helpers over the generated gRPC clients.
 //! - `sim_agent.rs`: SIMULATED node agents, many per process, speaking the real
@@ -17,6 +18,7 @@ pub mod bench_scale;
 pub mod etcd;
 pub mod eventually;
 pub mod images;
+pub mod netns;
 pub mod process;
 pub mod report;
 pub mod sim_agent;
