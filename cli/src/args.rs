@@ -89,6 +89,9 @@ pub enum Command {
     Templates(Templates),
     /// Stream cluster events (nodes, sessions, leadership) until Ctrl-C.
     Events(EventsArgs),
+    /// A development CA: broker and node certificates for TLS (needs no broker).
+    #[command(subcommand)]
+    Certs(crate::commands::certs::Certs),
 }
 
 /// `hearth sessions ...`

@@ -1,6 +1,7 @@
 //! What every command gets: a connected client, the output mode, and helpers that turn
 //! SDK errors into the CLI's. One file per command group lives under `commands/`.
 
+pub mod certs;
 pub mod events;
 pub mod nodes;
 pub mod sessions;

@@ -37,12 +37,17 @@ use args::{Cli, Command};
 pub async fn run(cli: Cli) -> ExitCode {
     let result = async {
         commands::check(&cli.command)?;
+        // Commands that work on local files only never dial the broker.
+        if let Command::Certs(command) = &cli.command {
+            return commands::certs::run(command);
+        }
         let ctx = commands::Ctx::connect(&cli.global).await?;
         match cli.command {
             Command::Sessions(command) => commands::sessions::run(&ctx, command).await,
             Command::Nodes(command) => commands::nodes::run(&ctx, command).await,
             Command::Templates(command) => commands::templates::run(&ctx, command).await,
             Command::Events(args) => commands::events::run(&ctx, args).await,
+            Command::Certs(command) => commands::certs::run(&command),
         }
     }
     .await;
