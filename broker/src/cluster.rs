@@ -80,6 +80,8 @@ pub struct Cluster {
     pub events: Arc<Events>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Per-tenant quotas and create rate limits.
+    pub quotas: crate::quota::Quotas,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
     role: watch::Sender<Role>,
@@ -102,6 +104,7 @@ impl Cluster {
             config.liveness.clone(),
         );
         Self {
+            quotas: crate::quota::Quotas::new(config.quota.clone()),
             broker_id: config.broker_id(),
             advertise_url,
             config,

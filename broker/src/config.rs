@@ -36,6 +36,10 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// How sessions are placed.
     pub placement: PlacementConfig,
+    /// Client tokens (`[[auth.tokens]]`); none configured: authentication is off.
+    pub auth: crate::auth::AuthConfig,
+    /// Per-tenant quotas and the create rate limit (`[quota]`); unlimited by default.
+    pub quota: crate::quota::QuotaConfig,
 }
 
 /// Placement settings (DESIGN section 6).
@@ -99,6 +103,8 @@ impl Default for Config {
             log_json: false,
             otlp_endpoint: None,
             placement: PlacementConfig::default(),
+            auth: Default::default(),
+            quota: Default::default(),
         }
     }
 }
@@ -215,6 +221,8 @@ impl Config {
         if let Some(url) = &self.otlp_endpoint {
             check_url("otlp_endpoint", url)?;
         }
+        self.auth.validate()?;
+        self.quota.validate()?;
         Ok(())
     }
 

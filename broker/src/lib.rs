@@ -19,6 +19,8 @@
 //! - `templates.rs`: template records, per tenant.
 //! - `pools.rs`: warm pools: claiming a member, and the reconciler that keeps them full.
 //! - `turns.rs`: commands and turns in flight to agents; routing their output back.
+//! - `auth.rs`: bearer tokens → tenant and role; the interceptor on the client services.
+//! - `quota.rs`: per-tenant session and GPU quotas, the create rate limit.
 //! - `convert.rs`: the proto boundary; validation that names the field.
 //! - `api.rs` + `api/`: one file per `hearth.v1` gRPC service.
 //! - `events.rs`: the cluster event bus behind `Admin.WatchEvents`.
@@ -27,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod convert;
@@ -38,6 +41,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod placement;
 pub mod pools;
+pub mod quota;
 pub mod sessions;
 pub mod store;
 pub mod templates;
@@ -52,6 +56,7 @@ use hearth_sdk::proto::v1::{
 };
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
+use tonic::service::interceptor::InterceptedService;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -171,6 +176,10 @@ pub async fn run(
         .map_err(anyhow::Error::from)
     });
 
+    // Client services sit behind the token interceptor, which puts the caller's tenant
+    // and role in each request; health and reflection stay open (probes, grpcurl list),
+    // and NodeAgent is for agents, which their certificates identify.
+    let tokens = Arc::new(auth::Tokens::from_config(&cluster.config.auth)?);
     let grpc_stop = stop.clone();
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -180,16 +189,19 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         // Above the API's own body and stdin limits, so oversized requests get an error
         // that names the field instead of a bare decode failure.
-        .add_service(
+        .add_service(InterceptedService::new(
             SessionsServer::new(api::sessions::SessionsService::new(cluster.clone()))
                 .max_decoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(TemplatesServer::new(api::templates::TemplatesService::new(
-            cluster.clone(),
-        )))
-        .add_service(AdminServer::new(api::admin::AdminService::new(
-            cluster.clone(),
-        )))
+            auth::Authenticate::any_role(tokens.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            TemplatesServer::new(api::templates::TemplatesService::new(cluster.clone())),
+            auth::Authenticate::any_role(tokens.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            AdminServer::new(api::admin::AdminService::new(cluster.clone())),
+            auth::Authenticate::admin_only(tokens, "hearth.v1.Admin"),
+        ))
         .add_service(NodeAgentServer::new(
             api::node_agent::NodeAgentService::new(cluster.clone()),
         ))

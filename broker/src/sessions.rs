@@ -359,6 +359,20 @@ impl Sessions {
         out
     }
 
+    /// What `tenant` holds: its live sessions (warm-pool members included) and their
+    /// GPUs, for quotas.
+    pub fn usage(&self, tenant: &str) -> crate::quota::Usage {
+        let mut usage = crate::quota::Usage::default();
+        for entry in lock(&self.entries).values() {
+            let record = lock(&entry.record);
+            if record.tenant == tenant {
+                usage.sessions += 1;
+                usage.gpus += u32::try_from(record.gpu_uuids.len()).unwrap_or(u32::MAX);
+            }
+        }
+        usage
+    }
+
     /// Reads a session from the store (terminal sessions live only there).
     pub async fn get(&self, cluster: &Cluster, tenant: &str, id: &str) -> Result<Session> {
         if let Ok(e) = self.entry(tenant, id) {
@@ -468,6 +482,12 @@ impl Sessions {
     ) -> Result<Booked> {
         let tenant = launch.tenant.as_str();
         let checked = &launch.spec;
+        // Held until the session is in `entries` (where `usage` counts it) or the
+        // booking failed, so concurrent creates never both take the last unit.
+        let gpu_count = checked.spec.gpus.as_ref().map_or(0, |g| g.count);
+        let _quota = cluster
+            .quotas
+            .reserve(tenant, gpu_count, || self.usage(tenant))?;
         let id = ulid::Ulid::new().to_string();
         let now = SystemTime::now();
         let mut record = Session {

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::BoxStream;
 use crate::{
+    auth,
     cluster::{Cluster, LeaderState},
     convert,
     error::{Error, Result},
@@ -23,8 +24,6 @@ use crate::{
     turns::{TurnStream, Turns},
 };
 
-/// The tenant every request belongs to until authentication assigns real ones.
-pub const DEFAULT_TENANT: &str = "default";
 /// Largest request body an Invoke may carry.
 pub const MAX_INVOKE_BODY: usize = 4 * 1024 * 1024;
 /// Largest stdin an Exec may carry.
@@ -49,6 +48,7 @@ impl SessionsService {
     async fn start_turn<T: Send + 'static>(
         &self,
         leader: &LeaderState,
+        tenant: &str,
         session_id: &str,
         open: impl FnOnce(&Turns, &str, &Connection, &str) -> TurnStream<T>,
         command: impl FnOnce(CommandMeta, String) -> broker_message::Msg,
@@ -56,7 +56,7 @@ impl SessionsService {
         let (route, connection) = self
             .cluster
             .sessions
-            .route(&self.cluster, leader, DEFAULT_TENANT, session_id)
+            .route(&self.cluster, leader, tenant, session_id)
             .await?;
         let turn_id = ulid::Ulid::new().to_string();
         let stream = open(&self.cluster.turns, &route.node_id, &connection, &turn_id)
@@ -134,11 +134,13 @@ impl Sessions for SessionsService {
         &self,
         request: Request<CreateSessionRequest>,
     ) -> Result<Response<Session>, Status> {
+        let caller = auth::caller(&request)?;
         let leader = self.cluster.require_leader().await?;
+        self.cluster.quotas.admit_create(&caller.tenant)?;
         let session = self
             .cluster
             .sessions
-            .create(&self.cluster, &leader, DEFAULT_TENANT, request.into_inner())
+            .create(&self.cluster, &leader, &caller.tenant, request.into_inner())
             .await?;
         Ok(Response::new(session))
     }
@@ -147,13 +149,14 @@ impl Sessions for SessionsService {
         &self,
         request: Request<GetSessionRequest>,
     ) -> Result<Response<Session>, Status> {
+        let caller = auth::caller(&request)?;
         let id = &request.get_ref().id;
         id_of("id", id)?;
         self.cluster.require_leader().await?;
         Ok(Response::new(
             self.cluster
                 .sessions
-                .get(&self.cluster, DEFAULT_TENANT, id)
+                .get(&self.cluster, &caller.tenant, id)
                 .await?,
         ))
     }
@@ -162,8 +165,9 @@ impl Sessions for SessionsService {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
+        let caller = auth::caller(&request)?;
         self.cluster.require_leader().await?;
-        let all = self.cluster.sessions.list(Some(DEFAULT_TENANT));
+        let all = self.cluster.sessions.list(Some(&caller.tenant));
         Ok(Response::new(page(all, request.get_ref())?))
     }
 
@@ -173,17 +177,18 @@ impl Sessions for SessionsService {
         &self,
         request: Request<WatchSessionRequest>,
     ) -> Result<Response<Self::WatchSessionStream>, Status> {
+        let caller = auth::caller(&request)?;
         let id = &request.get_ref().id;
         id_of("id", id)?;
         self.cluster.require_leader().await?;
-        let entry = match self.cluster.sessions.entry(DEFAULT_TENANT, id) {
+        let entry = match self.cluster.sessions.entry(&caller.tenant, id) {
             Ok(e) => e,
             Err(Error::NotFound { .. }) => {
                 // Already ended: one event with its final state.
                 let s = self
                     .cluster
                     .sessions
-                    .get(&self.cluster, DEFAULT_TENANT, id)
+                    .get(&self.cluster, &caller.tenant, id)
                     .await?;
                 let event = SessionEvent {
                     session_id: s.id.clone(),
@@ -220,10 +225,11 @@ impl Sessions for SessionsService {
         &self,
         request: Request<KeepAliveRequest>,
     ) -> Result<Response<KeepAliveResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let id = &request.get_ref().id;
         id_of("id", id)?;
         self.cluster.require_leader().await?;
-        let s = self.cluster.sessions.keep_alive(DEFAULT_TENANT, id)?;
+        let s = self.cluster.sessions.keep_alive(&caller.tenant, id)?;
         Ok(Response::new(KeepAliveResponse {
             expires_at: s.expires_at,
         }))
@@ -235,6 +241,7 @@ impl Sessions for SessionsService {
         &self,
         request: Request<ExecRequest>,
     ) -> Result<Response<Self::ExecStream>, Status> {
+        let caller = auth::caller(&request)?;
         let request = request.into_inner();
         id_of("session_id", &request.session_id)?;
         if request.argv.is_empty() || request.argv[0].is_empty() {
@@ -260,6 +267,7 @@ impl Sessions for SessionsService {
         let stream = self
             .start_turn(
                 &leader,
+                &caller.tenant,
                 &session_id,
                 |turns, node, connection, turn| turns.open_exec(node, connection, turn),
                 |meta, turn_id| {
@@ -280,6 +288,7 @@ impl Sessions for SessionsService {
         &self,
         request: Request<InvokeRequest>,
     ) -> Result<Response<Self::InvokeStream>, Status> {
+        let caller = auth::caller(&request)?;
         let mut request = request.into_inner();
         id_of("session_id", &request.session_id)?;
         if request.port == 0 || request.port > 65535 {
@@ -314,7 +323,7 @@ impl Sessions for SessionsService {
         let entry = self
             .cluster
             .sessions
-            .entry(DEFAULT_TENANT, &request.session_id)?;
+            .entry(&caller.tenant, &request.session_id)?;
         let exposed = entry
             .snapshot()
             .spec
@@ -333,6 +342,7 @@ impl Sessions for SessionsService {
         let stream = self
             .start_turn(
                 &leader,
+                &caller.tenant,
                 &session_id,
                 |turns, node, connection, turn| turns.open_invoke(node, connection, turn),
                 |meta, turn_id| {
@@ -351,10 +361,11 @@ impl Sessions for SessionsService {
         &self,
         request: Request<PauseSessionRequest>,
     ) -> Result<Response<Session>, Status> {
+        let caller = auth::caller(&request)?;
         let id = &request.get_ref().id;
         id_of("id", id)?;
         let leader = self.cluster.require_leader().await?;
-        let entry = self.cluster.sessions.entry(DEFAULT_TENANT, id)?;
+        let entry = self.cluster.sessions.entry(&caller.tenant, id)?;
         Ok(Response::new(
             self.cluster
                 .sessions
@@ -367,10 +378,11 @@ impl Sessions for SessionsService {
         &self,
         request: Request<ResumeSessionRequest>,
     ) -> Result<Response<Session>, Status> {
+        let caller = auth::caller(&request)?;
         let id = &request.get_ref().id;
         id_of("id", id)?;
         let leader = self.cluster.require_leader().await?;
-        let entry = self.cluster.sessions.entry(DEFAULT_TENANT, id)?;
+        let entry = self.cluster.sessions.entry(&caller.tenant, id)?;
         Ok(Response::new(
             self.cluster
                 .sessions
@@ -383,10 +395,11 @@ impl Sessions for SessionsService {
         &self,
         request: Request<DeleteSessionRequest>,
     ) -> Result<Response<Session>, Status> {
+        let caller = auth::caller(&request)?;
         let id = &request.get_ref().id;
         id_of("id", id)?;
         let leader = self.cluster.require_leader().await?;
-        match self.cluster.sessions.entry(DEFAULT_TENANT, id) {
+        match self.cluster.sessions.entry(&caller.tenant, id) {
             Ok(entry) => Ok(Response::new(
                 self.cluster
                     .sessions
@@ -398,7 +411,7 @@ impl Sessions for SessionsService {
                 let s = self
                     .cluster
                     .sessions
-                    .get(&self.cluster, DEFAULT_TENANT, id)
+                    .get(&self.cluster, &caller.tenant, id)
                     .await?;
                 debug_assert!(is_terminal(s.state()) || s.state() == SessionState::Unspecified);
                 Ok(Response::new(s))

@@ -10,8 +10,7 @@ use hearth_sdk::proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::sessions::DEFAULT_TENANT;
-use crate::{cluster::Cluster, convert, pools};
+use crate::{auth, cluster::Cluster, convert, pools};
 
 /// The Templates service.
 pub struct TemplatesService {
@@ -31,13 +30,14 @@ impl Templates for TemplatesService {
         &self,
         request: Request<CreateTemplateRequest>,
     ) -> Result<Response<Template>, Status> {
+        let caller = auth::caller(&request)?;
         let checked = convert::template(request.into_inner().template)?;
         let leader = self.cluster.require_leader().await?;
         let c = &self.cluster;
         let stored = {
             let _writes = c.templates.writes.lock().await;
             c.templates
-                .create(c, &leader, DEFAULT_TENANT, checked)
+                .create(c, &leader, &caller.tenant, checked)
                 .await?
         };
         c.events.emit(
@@ -57,22 +57,24 @@ impl Templates for TemplatesService {
         &self,
         request: Request<GetTemplateRequest>,
     ) -> Result<Response<Template>, Status> {
+        let caller = auth::caller(&request)?;
         let name = &request.get_ref().name;
         convert::template_name("name", name)?;
         self.cluster.require_leader().await?;
-        let stored = self.cluster.templates.get(DEFAULT_TENANT, name)?;
+        let stored = self.cluster.templates.get(&caller.tenant, name)?;
         Ok(Response::new(pools::describe(&self.cluster, &stored)))
     }
 
     async fn list_templates(
         &self,
-        _: Request<ListTemplatesRequest>,
+        request: Request<ListTemplatesRequest>,
     ) -> Result<Response<ListTemplatesResponse>, Status> {
+        let caller = auth::caller(&request)?;
         self.cluster.require_leader().await?;
         let templates = self
             .cluster
             .templates
-            .list(Some(DEFAULT_TENANT))
+            .list(Some(&caller.tenant))
             .iter()
             .map(|t| pools::describe(&self.cluster, t))
             .collect();
@@ -83,15 +85,16 @@ impl Templates for TemplatesService {
         &self,
         request: Request<UpdateTemplateRequest>,
     ) -> Result<Response<Template>, Status> {
+        let caller = auth::caller(&request)?;
         let checked = convert::template(request.into_inner().template)?;
         let leader = self.cluster.require_leader().await?;
         let c = &self.cluster;
         let (before, after) = {
             let _writes = c.templates.writes.lock().await;
-            let before = c.templates.get(DEFAULT_TENANT, &checked.name)?;
+            let before = c.templates.get(&caller.tenant, &checked.name)?;
             let after = c
                 .templates
-                .update(c, &leader, DEFAULT_TENANT, checked)
+                .update(c, &leader, &caller.tenant, checked)
                 .await?;
             (before, after)
         };
@@ -122,10 +125,11 @@ impl Templates for TemplatesService {
         &self,
         request: Request<DeleteTemplateRequest>,
     ) -> Result<Response<DeleteTemplateResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let name = &request.get_ref().name;
         convert::template_name("name", name)?;
         let leader = self.cluster.require_leader().await?;
-        let stopped = pools::delete_template(&self.cluster, &leader, DEFAULT_TENANT, name).await?;
+        let stopped = pools::delete_template(&self.cluster, &leader, &caller.tenant, name).await?;
         Ok(Response::new(DeleteTemplateResponse {
             pool_sessions_stopped: stopped,
         }))
