@@ -88,6 +88,11 @@ pub struct LivenessConfig {
     /// time to reconnect to the new leader.
     #[serde(with = "humantime_serde")]
     pub takeover_grace: Duration,
+    /// A workload an agent reports that belongs to no live session (unknown, or of
+    /// another generation) is stopped after this long, unless its session becomes known.
+    /// A workload of a session that ended is stopped at once.
+    #[serde(with = "humantime_serde")]
+    pub orphan_grace: Duration,
 }
 
 impl Default for Config {
@@ -129,6 +134,7 @@ impl Default for LivenessConfig {
             disconnected_after: Duration::from_secs(15),
             lost_after: Duration::from_secs(300),
             takeover_grace: Duration::from_secs(60),
+            orphan_grace: Duration::from_secs(300),
         }
     }
 }
@@ -329,6 +335,9 @@ pub struct Args {
     /// After taking over, nothing is declared DOWN for this long [default: 60s].
     #[arg(long, env = "HEARTH_TAKEOVER_GRACE", value_parser = humantime::parse_duration)]
     pub takeover_grace: Option<Duration>,
+    /// How long a workload of no live session runs before it is stopped [default: 5m].
+    #[arg(long, env = "HEARTH_ORPHAN_GRACE", value_parser = humantime::parse_duration)]
+    pub orphan_grace: Option<Duration>,
     /// Log JSON lines instead of text.
     #[arg(long, env = "HEARTH_LOG_JSON")]
     pub log_json: bool,
@@ -365,6 +374,7 @@ impl Args {
         set(&mut c.liveness.disconnected_after, self.disconnected_after);
         set(&mut c.liveness.lost_after, self.lost_after);
         set(&mut c.liveness.takeover_grace, self.takeover_grace);
+        set(&mut c.liveness.orphan_grace, self.orphan_grace);
         c.log_json |= self.log_json;
         if self.otlp_endpoint.is_some() {
             c.otlp_endpoint = self.otlp_endpoint;
@@ -387,6 +397,7 @@ mod tests {
         assert_eq!(c.liveness.suspect_after, Duration::from_secs(5));
         assert_eq!(c.liveness.disconnected_after, Duration::from_secs(15));
         assert_eq!(c.liveness.lost_after, Duration::from_secs(300));
+        assert_eq!(c.liveness.orphan_grace, Duration::from_secs(300));
         assert_eq!(c.placement.strategy, crate::placement::Strategy::Binpack);
     }
 

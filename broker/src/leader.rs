@@ -62,7 +62,8 @@ pub async fn run(cluster: Arc<Cluster>, shutdown: CancellationToken) {
     }
 }
 
-/// Runs the liveness checks while this broker leads.
+/// Runs the liveness checks while this broker leads; sessions on a node that went DOWN
+/// are marked LOST.
 pub async fn check_liveness(cluster: Arc<Cluster>, shutdown: CancellationToken) {
     let period = (cluster.config.liveness.suspect_after / 20)
         .clamp(Duration::from_millis(20), Duration::from_millis(500));
@@ -73,10 +74,11 @@ pub async fn check_liveness(cluster: Arc<Cluster>, shutdown: CancellationToken) 
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        if let Role::Leader(leader) = cluster.role()
-            && let Err(e) = cluster.nodes.check_liveness(&leader).await
-        {
-            tracing::warn!(error = %e, "liveness check could not record a change");
+        if let Role::Leader(leader) = cluster.role() {
+            if let Err(e) = cluster.nodes.check_liveness(&leader).await {
+                tracing::warn!(error = %e, "liveness check could not record a change");
+            }
+            cluster.sessions.lose_on_down_nodes(&cluster, &leader).await;
         }
     }
 }

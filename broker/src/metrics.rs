@@ -43,6 +43,8 @@ pub struct Metrics {
     pub events_dropped_total: Counter,
     /// Sessions created.
     pub sessions_created_total: Counter,
+    /// Sessions marked LOST because their node was silent past `lost_after`.
+    pub sessions_lost_total: Counter,
     /// Turns (Exec and Invoke) routed.
     pub turns_total: Counter,
     /// Template creates served by claiming a warm-pool member.
@@ -116,6 +118,11 @@ impl Metrics {
             "sessions_created",
             "Sessions created",
             self.sessions_created_total.clone(),
+        );
+        r.register(
+            "sessions_lost",
+            "Sessions marked LOST because their node was silent past lost_after",
+            self.sessions_lost_total.clone(),
         );
         r.register(
             "turns",

@@ -19,6 +19,13 @@
 //! in one transaction. Every write of a session record holds the entry's `revision` lock,
 //! so writes reach the store in the order they were made in memory and a claim can
 //! compare on the record's exact mod revision.
+//!
+//! Reconciliation (DESIGN section 4): on every Hello the agent's inventory is compared
+//! with the live sessions on that node. A workload of a live session is adopted as it
+//! is; a live session whose workload is missing is FAILED (unless its start is still in
+//! flight); a workload of a session that ended is stopped at once, and one of a session
+//! nobody knows (or of an older generation) after `orphan_grace`. A node silent past
+//! `lost_after` is DOWN, and each of its sessions LOST, freeing its GPUs.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -30,9 +37,9 @@ use std::{
 };
 
 use hearth_sdk::proto::v1::{
-    CommandMeta, CreateSessionRequest, GpuRequest, IdleAction, PauseSessionCommand, PlacementSpec,
-    ResumeSessionCommand, RunningSession, Session, SessionEvent, SessionSpec, SessionState,
-    StartSessionCommand, StopSessionCommand, broker_message, create_session_request,
+    CommandMeta, CreateSessionRequest, GpuRequest, IdleAction, NodeState, PauseSessionCommand,
+    PlacementSpec, ResumeSessionCommand, RunningSession, Session, SessionEvent, SessionSpec,
+    SessionState, StartSessionCommand, StopSessionCommand, broker_message, create_session_request,
 };
 use prost::Message as _;
 use tokio::sync::watch;
@@ -237,6 +244,10 @@ pub struct Membership {
     busy: bool,
 }
 
+/// The live sessions the broker expects on a node, with their generations
+/// ([`Sessions::expected_on`]).
+pub struct Expected(Vec<(Arc<Entry>, u64)>);
+
 /// The registry of live sessions.
 #[derive(Default)]
 pub struct Sessions {
@@ -249,6 +260,9 @@ pub struct Sessions {
     pooled: Mutex<HashMap<String, Membership>>,
     /// Pool keys found at load whose session is not live: deleted by the reconciler.
     stale_pool_keys: Mutex<Vec<String>>,
+    /// Workloads of unknown sessions waiting out `orphan_grace`: (node, session,
+    /// generation). One timer each, however often the agent says Hello meanwhile.
+    orphans: Mutex<HashSet<(String, String, u64)>>,
 }
 
 /// Fails with `Deposed` (and gives leadership up) unless the leader key is still ours. A
@@ -331,6 +345,7 @@ impl Sessions {
     pub fn clear(&self) {
         lock(&self.pooled).clear();
         lock(&self.stale_pool_keys).clear();
+        lock(&self.orphans).clear();
         lock(&self.entries).clear();
         lock(&self.allocated).clear();
     }
@@ -944,6 +959,10 @@ impl Sessions {
         entry: &Arc<Entry>,
         reason: &str,
     ) -> Result<()> {
+        // A session already ended (LOST while its start was in flight) keeps its end.
+        if is_terminal(entry.state()) {
+            return Ok(());
+        }
         self.transition(cluster, leader, entry, SessionState::Failed, reason, |_| {})
             .await
     }
@@ -1132,6 +1151,16 @@ impl Sessions {
     }
 
     fn connection(&self, cluster: &Cluster, node_id: &str) -> Result<crate::nodes::Connection> {
+        // A cut link can leave the stream open (nothing arrives, nothing fails) long after
+        // the node went quiet: silence decides, so a turn fails fast instead of hanging.
+        if matches!(
+            cluster.nodes.state(node_id),
+            Some(NodeState::Disconnected | NodeState::Down)
+        ) {
+            return Err(Error::NotRun(format!(
+                "node {node_id} is disconnected (silent); the turn was not run (retry later)"
+            )));
+        }
         cluster.nodes.connection(node_id).ok_or_else(|| {
             Error::NotRun(format!(
                 "node {node_id} is disconnected; the turn was not run (retry later)"
@@ -1554,55 +1583,253 @@ impl Sessions {
         }
     }
 
-    /// Reconciles an agent's inventory on Hello: workloads of sessions this broker does
-    /// not know as live on that node are stopped.
+    /// What the broker expects a node to run, taken on Hello before the node's new stream
+    /// is registered: a session started over the new stream cannot be in the agent's
+    /// inventory, so it must not be judged against it.
+    pub fn expected_on(&self, node_id: &str) -> Expected {
+        Expected(
+            self.on_node(node_id)
+                .into_iter()
+                .map(|e| {
+                    let generation = lock(&e.record).generation;
+                    (e, generation)
+                })
+                .collect(),
+        )
+    }
+
+    /// Reconciles an agent's inventory on Hello (DESIGN section 4):
+    /// - a workload of a live session on this node, same generation: adopted as it is;
+    /// - a session `expected` on this node whose workload is missing: FAILED, its GPUs
+    ///   freed (not while its start command is in flight: the start settles it);
+    /// - a workload of a session that ended (STOPPED, FAILED, LOST): stopped at once;
+    /// - a workload of an unknown session, or of another generation: stopped after
+    ///   `orphan_grace`, unless the session has become live on this node by then.
     pub async fn reconcile(
+        &self,
+        cluster: &Arc<Cluster>,
+        leader: &LeaderState,
+        node_id: &str,
+        expected: Expected,
+        running: Vec<RunningSession>,
+    ) {
+        let reported: HashSet<(String, u64)> = running
+            .iter()
+            .map(|w| (w.session_id.clone(), w.generation))
+            .collect();
+        for (entry, generation) in expected.0 {
+            if reported.contains(&(entry.id(), generation)) {
+                continue;
+            }
+            if let Err(e) = self
+                .fail_missing(cluster, leader, node_id, &entry, generation)
+                .await
+            {
+                tracing::warn!(error = %e, session = entry.id(), "could not fail a session whose workload is missing");
+            }
+        }
+        for w in running {
+            if self.live_here(node_id, &w.session_id, w.generation) {
+                continue;
+            }
+            match self.ended(cluster, &w.session_id).await {
+                Ok(Some(state)) => {
+                    let why = format!(
+                        "its session is {}",
+                        state.as_str_name().trim_start_matches("SESSION_STATE_")
+                    );
+                    self.stop_workload(cluster, leader, node_id, &w, &why).await;
+                }
+                Ok(None) => self.stop_after_grace(cluster, leader, node_id, w),
+                Err(e) => {
+                    tracing::warn!(error = %e, session = w.session_id, "could not look up the session of a workload; it is judged on the next Hello");
+                }
+            }
+        }
+    }
+
+    /// True if `id` is a live session on `node_id` with this generation.
+    fn live_here(&self, node_id: &str, id: &str, generation: u64) -> bool {
+        lock(&self.entries).get(id).is_some_and(|e| {
+            let r = lock(&e.record);
+            r.node_id == node_id && r.generation == generation && !is_terminal(r.state())
+        })
+    }
+
+    /// The final state of session `id` if it is recorded as ended; `None` if it is live
+    /// (anywhere) or was never recorded.
+    async fn ended(&self, cluster: &Cluster, id: &str) -> Result<Option<SessionState>> {
+        if lock(&self.entries).contains_key(id) {
+            return Ok(None);
+        }
+        let Some(kv) = cluster.store.get(&session_key(id)).await? else {
+            return Ok(None);
+        };
+        let s = Session::decode(kv.value.as_slice()).map_err(|e| StoreError::Corrupt {
+            key: kv.key,
+            reason: e.to_string(),
+        })?;
+        Ok(is_terminal(s.state()).then(|| s.state()))
+    }
+
+    /// FAILS a session whose workload its node no longer reports, unless it moved on
+    /// meanwhile (a start in flight, a stop, another generation).
+    async fn fail_missing(
         &self,
         cluster: &Cluster,
         leader: &LeaderState,
         node_id: &str,
-        running: Vec<RunningSession>,
+        entry: &Arc<Entry>,
+        generation: u64,
+    ) -> Result<()> {
+        let _lifecycle = entry.lifecycle.lock().await;
+        let (state, current) = {
+            let r = lock(&entry.record);
+            (r.state(), r.generation)
+        };
+        // PLACED: the start command is in flight and settles the session itself.
+        // STOPPING: a stop is in progress and ends it either way.
+        let settled_elsewhere = !matches!(
+            state,
+            SessionState::Starting | SessionState::Ready | SessionState::Paused
+        );
+        if settled_elsewhere || current != generation {
+            return Ok(());
+        }
+        let why = format!(
+            "its workload is gone: node {node_id} did not report it when its agent said Hello"
+        );
+        self.fail(cluster, leader, entry, &why).await
+    }
+
+    /// Stops a workload that belongs to no live session here, now.
+    async fn stop_workload(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        node_id: &str,
+        w: &RunningSession,
+        why: &str,
     ) {
-        let live: HashSet<(String, u64)> = lock(&self.entries)
-            .values()
-            .filter_map(|e| {
-                let r = lock(&e.record);
-                (r.node_id == node_id).then(|| (r.id.clone(), r.generation))
-            })
-            .collect();
         let Some(connection) = cluster.nodes.connection(node_id) else {
+            tracing::info!(
+                node_id,
+                session = w.session_id,
+                "node disconnected before its orphan workload could be stopped; judged again on its next Hello"
+            );
             return;
         };
-        for w in running {
-            if live.contains(&(w.session_id.clone(), w.generation)) {
+        cluster.events.emit(
+            "session.orphan_stopped",
+            node_id,
+            &w.session_id,
+            format!(
+                "stopping workload {} (session {}, generation {}) on node {node_id}: {why}",
+                w.container_id, w.session_id, w.generation
+            ),
+        );
+        let meta = CommandMeta {
+            command_id: ulid::Ulid::new().to_string(),
+            epoch: leader.epoch,
+            session_id: w.session_id.clone(),
+            generation: w.generation,
+        };
+        let command_id = meta.command_id.clone();
+        let command = broker_message::Msg::StopSession(StopSessionCommand {
+            meta: Some(meta),
+            grace: Some(hearth_sdk::time::duration(Duration::from_secs(10))),
+        });
+        if let Err(e) = cluster
+            .turns
+            .command(node_id, &connection, &command_id, command, COMMAND_TIMEOUT)
+            .await
+        {
+            tracing::warn!(error = %e, session = w.session_id, "could not stop an orphan workload");
+        }
+    }
+
+    /// Stops a workload of an unknown session (or of another generation) once
+    /// `orphan_grace` has passed, unless its session has become live on the node by then.
+    /// The grace leaves room for a store that is behind, or an operator's mistake, before
+    /// anything is destroyed. One timer per workload, however many Hellos come meanwhile.
+    fn stop_after_grace(
+        &self,
+        cluster: &Arc<Cluster>,
+        leader: &LeaderState,
+        node_id: &str,
+        w: RunningSession,
+    ) {
+        let key = (node_id.to_owned(), w.session_id.clone(), w.generation);
+        if !lock(&self.orphans).insert(key.clone()) {
+            return;
+        }
+        let grace = cluster.config.liveness.orphan_grace;
+        cluster.events.emit(
+            "session.orphan",
+            node_id,
+            &w.session_id,
+            format!(
+                "workload {} (session {}, generation {}) on node {node_id} belongs to no live \
+                 session; it is stopped in {} unless the session becomes known",
+                w.container_id,
+                w.session_id,
+                w.generation,
+                humantime::format_duration(grace)
+            ),
+        );
+        let (cluster, leader, node_id) = (cluster.clone(), leader.clone(), node_id.to_owned());
+        tokio::spawn(async move {
+            let waited = tokio::select! {
+                _ = leader.lost.cancelled() => false,
+                _ = tokio::time::sleep(grace) => true,
+            };
+            let sessions = &cluster.sessions;
+            if waited && !sessions.live_here(&node_id, &w.session_id, w.generation) {
+                let why = format!(
+                    "no live session claimed it within orphan_grace ({})",
+                    humantime::format_duration(grace)
+                );
+                sessions
+                    .stop_workload(&cluster, &leader, &node_id, &w, &why)
+                    .await;
+            }
+            lock(&sessions.orphans).remove(&key);
+        });
+    }
+
+    /// Marks LOST every live session whose node is DOWN (silent past `lost_after`, with
+    /// the leader in office for `takeover_grace`): one fenced transaction each writes the
+    /// record and deletes its GPU allocation keys (and pool key), then `session.lost` is
+    /// emitted. Called on the liveness timer; a session in the middle of a lifecycle change
+    /// is taken on a later tick.
+    pub async fn lose_on_down_nodes(&self, cluster: &Cluster, leader: &LeaderState) {
+        let entries: Vec<Arc<Entry>> = lock(&self.entries).values().cloned().collect();
+        for entry in entries {
+            let node_id = lock(&entry.record).node_id.clone();
+            if cluster.nodes.state(&node_id) != Some(NodeState::Down) {
                 continue;
             }
-            let meta = CommandMeta {
-                command_id: ulid::Ulid::new().to_string(),
-                epoch: leader.epoch,
-                session_id: w.session_id.clone(),
-                generation: w.generation,
+            let Ok(_lifecycle) = entry.lifecycle.try_lock() else {
+                continue;
             };
-            cluster.events.emit(
-                "session.orphan",
-                node_id,
-                &w.session_id,
-                format!(
-                    "removing workload {} of a session that is not live here",
-                    w.container_id
-                ),
+            if is_terminal(entry.state()) {
+                continue;
+            }
+            let why = format!(
+                "node {node_id} was silent past lost_after ({})",
+                humantime::format_duration(cluster.config.liveness.lost_after)
             );
-            let command_id = meta.command_id.clone();
-            let command = broker_message::Msg::StopSession(StopSessionCommand {
-                meta: Some(meta),
-                grace: Some(hearth_sdk::time::duration(Duration::from_secs(10))),
-            });
-            if let Err(e) = cluster
-                .turns
-                .command(node_id, &connection, &command_id, command, COMMAND_TIMEOUT)
-                .await
-            {
-                tracing::warn!(error = %e, session = w.session_id, "could not remove an orphan workload");
+            let lost = self
+                .transition(cluster, leader, &entry, SessionState::Lost, &why, |_| {})
+                .await;
+            match lost {
+                Ok(()) => {
+                    cluster.metrics.sessions_lost_total.inc();
+                }
+                Err(Error::Deposed) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, session = entry.id(), "could not mark a session LOST; will retry");
+                }
             }
         }
     }

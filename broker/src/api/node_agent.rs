@@ -88,6 +88,9 @@ impl NodeAgent for NodeAgentService {
         };
         let node_id = hello.node_id.clone();
         let running = hello.sessions.clone();
+        // Taken before the new stream can carry a start: only sessions placed before
+        // this Hello are judged against its inventory.
+        let expected = self.cluster.sessions.expected_on(&node_id);
         let (tx, rx) = mpsc::channel(OUTBOX);
         let connection = self
             .cluster
@@ -110,13 +113,20 @@ impl NodeAgent for NodeAgentService {
         let _ = tx.try_send(welcome);
         drop(tx);
         self.cluster.metrics.agent_streams.inc();
-        // Workloads the node runs that are not live sessions here are removed.
+        // The node's inventory against the sessions placed on it (sessions.rs: adopt,
+        // fail the missing, stop orphans).
         let (cluster, reconcile_leader, reconcile_node) =
             (self.cluster.clone(), leader.clone(), node_id.clone());
         tokio::spawn(async move {
             cluster
                 .sessions
-                .reconcile(&cluster, &reconcile_leader, &reconcile_node, running)
+                .reconcile(
+                    &cluster,
+                    &reconcile_leader,
+                    &reconcile_node,
+                    expected,
+                    running,
+                )
                 .await;
         });
         tokio::spawn(serve(
