@@ -36,6 +36,10 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// How sessions are placed.
     pub placement: PlacementConfig,
+    /// TLS on the gRPC port (`[tls]`: cert, key, client_ca); unset: plaintext.
+    pub tls: crate::tls::TlsConfig,
+    /// Allows a plaintext gRPC port on a non-loopback address (refused otherwise).
+    pub insecure_listen: bool,
     /// Client tokens (`[[auth.tokens]]`); none configured: authentication is off.
     pub auth: crate::auth::AuthConfig,
     /// Per-tenant quotas and the create rate limit (`[quota]`); unlimited by default.
@@ -108,6 +112,8 @@ impl Default for Config {
             log_json: false,
             otlp_endpoint: None,
             placement: PlacementConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
+            insecure_listen: false,
             auth: Default::default(),
             quota: Default::default(),
         }
@@ -227,6 +233,8 @@ impl Config {
         if let Some(url) = &self.otlp_endpoint {
             check_url("otlp_endpoint", url)?;
         }
+        self.tls.validate()?;
+        crate::tls::check_listen(self)?;
         self.auth.validate()?;
         self.quota.validate()?;
         Ok(())
@@ -348,6 +356,19 @@ pub struct Args {
     /// that fits (keeps whole hosts free), spread the emptiest [default: binpack].
     #[arg(long, env = "HEARTH_PLACEMENT_STRATEGY", value_enum)]
     pub placement_strategy: Option<crate::placement::Strategy>,
+    /// PEM certificate chain for TLS on the gRPC port (with --tls-key and --tls-client-ca).
+    #[arg(long, env = "HEARTH_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HEARTH_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates that node agents' client certificates must chain to.
+    #[arg(long, env = "HEARTH_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Listen without TLS on a non-loopback --grpc-addr (refused otherwise): traffic and
+    /// tokens are unencrypted and agents unauthenticated.
+    #[arg(long, env = "HEARTH_INSECURE_LISTEN")]
+    pub insecure_listen: bool,
 }
 
 impl Args {
@@ -380,6 +401,16 @@ impl Args {
             c.otlp_endpoint = self.otlp_endpoint;
         }
         set(&mut c.placement.strategy, self.placement_strategy);
+        if self.tls_cert.is_some() {
+            c.tls.cert = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            c.tls.key = self.tls_key;
+        }
+        if self.tls_client_ca.is_some() {
+            c.tls.client_ca = self.tls_client_ca;
+        }
+        c.insecure_listen |= self.insecure_listen;
     }
 }
 

@@ -19,6 +19,8 @@
 //! - `templates.rs`: template records, per tenant.
 //! - `pools.rs`: warm pools: claiming a member, and the reconciler that keeps them full.
 //! - `turns.rs`: commands and turns in flight to agents; routing their output back.
+//! - `tls.rs`: TLS on the gRPC port, node identity from agent certificates, the refusal
+//!   to listen in plaintext beyond loopback.
 //! - `auth.rs`: bearer tokens → tenant and role; the interceptor on the client services.
 //! - `quota.rs`: per-tenant session and GPU quotas, the create rate limit.
 //! - `convert.rs`: the proto boundary; validation that names the field.
@@ -45,6 +47,7 @@ pub mod quota;
 pub mod sessions;
 pub mod store;
 pub mod templates;
+pub mod tls;
 pub mod turns;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -181,7 +184,11 @@ pub async fn run(
     // and NodeAgent is for agents, which their certificates identify.
     let tokens = Arc::new(auth::Tokens::from_config(&cluster.config.auth)?);
     let grpc_stop = stop.clone();
-    let server = tonic::transport::Server::builder()
+    tls::warn_if_insecure(&cluster.config);
+    let server = cluster
+        .config
+        .tls
+        .server()?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(health_service)

@@ -69,6 +69,8 @@ pub struct Config {
     /// Where the process runtime keeps its state (pid files, logs), so a restarted agent
     /// re-adopts its sessions.
     pub state_dir: PathBuf,
+    /// TLS to the broker (`[tls]`: ca, cert, key), used for `https://` broker URLs.
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// Which [`crate::runtime::Runtime`] runs session workloads.
@@ -112,6 +114,7 @@ impl Default for Config {
             otlp_endpoint: None,
             runtime: RuntimeKind::Docker,
             state_dir: PathBuf::from("/var/lib/hearth-agent"),
+            tls: crate::tls::TlsConfig::default(),
         }
     }
 }
@@ -241,6 +244,20 @@ pub struct Cli {
     /// [default: /var/lib/hearth-agent].
     #[arg(long, env = "HEARTH_STATE_DIR", value_name = "PATH")]
     pub state_dir: Option<PathBuf>,
+
+    /// PEM CA certificates the broker's certificate must chain to (https:// brokers)
+    /// [default: the system roots].
+    #[arg(long, env = "HEARTH_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate naming this node (`hearth certs node`); with --tls-key. The
+    /// node id defaults to the name it holds.
+    #[arg(long, env = "HEARTH_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HEARTH_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -259,7 +276,16 @@ impl Config {
             Some(path) => Self::from_file(path)?,
             None => Self::default(),
         };
+        let node_id_given = cli.node_id.is_some();
         config.apply(cli);
+        // A node certificate names the node: unless set explicitly (a flag, or a file
+        // value other than the host-name default), the node id is that name.
+        if !node_id_given
+            && config.node_id == default_node_id()
+            && let Some(id) = config.tls.node_id()
+        {
+            config.node_id = id;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -308,6 +334,9 @@ impl Config {
             otlp_endpoint,
             runtime,
             state_dir,
+            tls_ca,
+            tls_cert,
+            tls_key,
         } = cli;
         fn set<T>(slot: &mut T, value: Option<T>) {
             if let Some(value) = value {
@@ -331,6 +360,9 @@ impl Config {
         set(&mut self.otlp_endpoint, otlp_endpoint.map(Some));
         set(&mut self.runtime, runtime);
         set(&mut self.state_dir, state_dir);
+        set(&mut self.tls.ca, tls_ca.map(Some));
+        set(&mut self.tls.cert, tls_cert.map(Some));
+        set(&mut self.tls.key, tls_key.map(Some));
     }
 
     /// Checks every setting and reports all problems at once, each naming its setting.
@@ -406,6 +438,8 @@ impl Config {
         {
             bad("otlp_endpoint must not be empty when set".into());
         }
+        problems.extend(self.tls.problems());
+        let mut bad = |p: String| problems.push(p);
         if !self.state_dir.is_absolute() {
             bad(format!(
                 "state_dir {:?} must be an absolute path, such as /var/lib/hearth-agent",

@@ -31,6 +31,8 @@
 //! - `gpu.rs`: the [`gpu::GpuInventory`] seam; `gpu/nvml.rs` (real GPUs, raw-reading →
 //!   proto conversion, XID watcher), `gpu/simulated.rs`, `gpu/none.rs` (CPU-only node).
 //! - `host.rs`: CPU and memory capacity.
+//! - `tls.rs`: `[tls]`: the CA the broker is checked against and the node's client
+//!   certificate, applied to each dial.
 //! - `metrics.rs`: Prometheus metrics for `/metrics`.
 //! - `error.rs`: the crate's [`Error`].
 //! - `main.rs`: the thin binary: flags, tracing, admin port, signals, then [`run`].
@@ -45,6 +47,7 @@ mod link;
 mod metrics;
 pub mod runtime;
 mod sessions;
+pub mod tls;
 
 use std::{future::Future, sync::Arc};
 

@@ -158,6 +158,7 @@ impl Link {
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
+        let endpoint = self.config.tls.apply(url, endpoint)?;
         let channel = endpoint.connect().await.map_err(Error::Connect)?;
         let mut client = NodeAgentClient::new(channel);
 

@@ -22,6 +22,7 @@ use crate::{
     convert,
     error::Error,
     nodes::Connection,
+    tls::{self, AgentIdentity},
     turns::Routed,
 };
 
@@ -41,8 +42,10 @@ impl NodeAgentService {
 
     async fn accept(
         &self,
+        peer: Result<AgentIdentity, Status>,
         inbound: &mut Streaming<AgentMessage>,
     ) -> Result<(LeaderState, convert::CheckedHello), Status> {
+        let peer = peer?;
         let leader = self.cluster.require_leader().await?;
         let first = tokio::time::timeout(self.cluster.config.hello_timeout, inbound.message())
             .await
@@ -65,7 +68,9 @@ impl NodeAgentService {
                 ));
             }
         };
-        Ok((leader, convert::hello(hello)?))
+        let hello = convert::hello(hello)?;
+        tls::check_hello(&peer, &hello.node_id)?;
+        Ok((leader, hello))
     }
 }
 
@@ -77,8 +82,10 @@ impl NodeAgent for NodeAgentService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        // With TLS, the node id comes from the verified client certificate.
+        let peer = tls::agent_identity(&self.cluster.config.tls, request.peer_certs());
         let mut inbound = request.into_inner();
-        let (leader, hello) = match self.accept(&mut inbound).await {
+        let (leader, hello) = match self.accept(peer, &mut inbound).await {
             Ok(accepted) => accepted,
             Err(status) => {
                 self.cluster.metrics.agent_streams_refused_total.inc();

@@ -1,0 +1,132 @@
+//! TLS to the broker: the agent verifies the broker against `tls.ca` and presents its own
+//! certificate, which the broker verifies and takes the node id from.
+//!
+//! The files are read on every dial, so certificates renewed on disk are picked up at
+//! the next reconnect without a restart.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use x509_parser::{extensions::GeneralName, pem::Pem};
+
+use crate::Error;
+
+/// `[tls]`: how the agent trusts the broker and proves who it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the CA certificates the broker's certificate must chain to. Unset
+    /// with an `https://` broker: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// PEM file with this node's client certificate (`hearth certs node` makes one).
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key of `cert`.
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Problems with these settings, each naming its setting: `cert` and `key` come
+    /// together, and every file given is readable PEM.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.cert.is_some() != self.key.is_some() {
+            problems.push(
+                "tls.cert and tls.key must be set together (--tls-cert, --tls-key)".to_owned(),
+            );
+        }
+        for (setting, path) in [
+            ("tls.ca", &self.ca),
+            ("tls.cert", &self.cert),
+            ("tls.key", &self.key),
+        ] {
+            if let Some(path) = path
+                && let Err(why) = read_pem(path)
+            {
+                problems.push(format!("{setting}: {why}"));
+            }
+        }
+        problems
+    }
+
+    /// The node id the certificate names (subject CN, else its first DNS name), as the
+    /// broker reads it; `None` without a readable certificate.
+    pub fn node_id(&self) -> Option<String> {
+        let pem = read_pem(self.cert.as_ref()?).ok()?;
+        let cert = pem.parse_x509().ok()?;
+        if let Some(cn) = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+        {
+            return Some(cn.to_owned());
+        }
+        let sans = cert.subject_alternative_name().ok().flatten()?;
+        sans.value.general_names.iter().find_map(|name| match name {
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            _ => None,
+        })
+    }
+
+    /// Applies TLS to a broker endpoint: for an `https://` URL, or whenever a CA or a
+    /// client certificate is configured.
+    pub fn apply(&self, url: &str, endpoint: Endpoint) -> Result<Endpoint, Error> {
+        if !url.starts_with("https://") {
+            return Ok(endpoint);
+        }
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read("tls.ca", ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            tls = tls.identity(Identity::from_pem(
+                read("tls.cert", cert)?,
+                read("tls.key", key)?,
+            ));
+        }
+        endpoint.tls_config(tls).map_err(|source| Error::BrokerUrl {
+            url: url.to_owned(),
+            source,
+        })
+    }
+}
+
+fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::TlsFile {
+        setting,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_pem(path: &Path) -> Result<Pem, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    match Pem::iter_from_buffer(&bytes).next() {
+        Some(Ok(pem)) => Ok(pem),
+        Some(Err(e)) => Err(format!("{}: bad PEM: {e}", path.display())),
+        None => Err(format!("{} holds no PEM block", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cert_and_key_come_together_and_must_be_readable() {
+        let tls = TlsConfig {
+            cert: Some("/nonexistent/node.pem".into()),
+            ..TlsConfig::default()
+        };
+        let problems = tls.problems().join("; ");
+        assert!(problems.contains("tls.cert and tls.key"), "{problems}");
+        assert!(
+            problems.contains("tls.cert: cannot read /nonexistent/node.pem"),
+            "{problems}"
+        );
+        assert!(TlsConfig::default().problems().is_empty());
+        assert_eq!(tls.node_id(), None);
+    }
+}
