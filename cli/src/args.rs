@@ -92,6 +92,9 @@ pub enum Command {
     /// A development CA: broker and node certificates for TLS (needs no broker).
     #[command(subcommand)]
     Certs(crate::commands::certs::Certs),
+    /// Client tokens for the broker's [[auth.tokens]] (needs no broker).
+    #[command(subcommand)]
+    Token(crate::commands::token::Token),
 }
 
 /// `hearth sessions ...`

@@ -6,6 +6,7 @@ pub mod events;
 pub mod nodes;
 pub mod sessions;
 pub mod templates;
+pub mod token;
 
 use std::{future::Future, io::Write as _};
 

@@ -14,7 +14,8 @@
 //!   and how they become a `SessionSpec`.
 //! - `parse.rs`: flag value parsers (K=V, sizes, durations, ports, headers, states).
 //! - `commands.rs`: the connection and output context every command gets; one file per
-//!   command group under `commands/` (`sessions`, `nodes`, `templates`, `events`).
+//!   command group under `commands/` (`sessions`, `nodes`, `templates`, `events`; `certs`
+//!   and `token` work on local files and need no broker).
 //! - `table.rs`: aligned tables, key/value views, human ages and sizes.
 //! - `json.rs`: proto messages as canonical proto3 JSON (through prost-reflect).
 //! - `error.rs`: the error type, what each gRPC code tells the user, exit codes.
@@ -41,6 +42,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         if let Command::Certs(command) = &cli.command {
             return commands::certs::run(command);
         }
+        if let Command::Token(command) = &cli.command {
+            return commands::token::run(command);
+        }
         let ctx = commands::Ctx::connect(&cli.global).await?;
         match cli.command {
             Command::Sessions(command) => commands::sessions::run(&ctx, command).await,
@@ -48,6 +52,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             Command::Templates(command) => commands::templates::run(&ctx, command).await,
             Command::Events(args) => commands::events::run(&ctx, args).await,
             Command::Certs(command) => commands::certs::run(&command),
+            Command::Token(command) => commands::token::run(&command),
         }
     }
     .await;
