@@ -116,6 +116,15 @@ pub enum Error {
     /// The broker closed the stream.
     #[error("broker closed the stream")]
     StreamClosed,
+
+    /// The file holding the highest leader epoch seen could not be read.
+    #[error("leader epoch file {}: {reason}", .path.display())]
+    EpochFile {
+        /// The file (`state_dir/leader-epoch`).
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 pub use hearth_sdk::error::report;

@@ -109,9 +109,11 @@ pub async fn run(
         axum::Router::new(),
         stop.clone().cancelled_owned(),
     ));
+    let fence = link::EpochFence::load(config.state_dir.join(link::EPOCH_FILE))?;
     let sessions = sessions::Sessions::new(runtime, metrics.clone());
     let link = link::Link::new(
         Arc::new(config),
+        fence,
         gpus,
         sessions.clone(),
         incarnation,

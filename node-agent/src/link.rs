@@ -21,11 +21,19 @@
 //! the sessions running on the host ([`Sessions::running`]), and telemetry the sessions
 //! with a turn in flight.
 //!
-//! Fencing: the link remembers the highest leader epoch it has seen (for the life of the
-//! process) and answers any command with a lower epoch not-ok, `FAILED_PRECONDITION`.
+//! Fencing: the link remembers the highest leader epoch it has seen and answers any
+//! command with a lower epoch not-ok, `FAILED_PRECONDITION`. The epoch is kept in
+//! `state_dir/leader-epoch` (written atomically whenever it rises), so a restarted agent
+//! still refuses a deposed leader.
 //! (Generations are fenced per session by [`Sessions`].)
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use hearth_sdk::proto::v1::{
     AgentMessage, BrokerMessage, CommandMeta, Hello, NodeTelemetry, Reply, Welcome, agent_message,
@@ -72,9 +80,11 @@ pub struct Link {
 impl Link {
     /// A link for this agent process, running the broker's commands on `sessions`.
     /// `incarnation` identifies the process to the broker; `ready` follows whether a stream
-    /// has reached `Welcome`.
+    /// has reached `Welcome`; `fence` starts from the highest epoch an earlier agent
+    /// process saw ([`EpochFence::load`]).
     pub fn new(
         config: Arc<Config>,
+        fence: EpochFence,
         gpus: Arc<dyn GpuInventory>,
         sessions: Arc<Sessions>,
         incarnation: String,
@@ -88,7 +98,7 @@ impl Link {
             incarnation,
             metrics,
             ready,
-            fence: EpochFence::default(),
+            fence,
             dropping: false,
             sample_failing: false,
         }
@@ -479,27 +489,89 @@ impl BrokerPicker {
     }
 }
 
-/// The highest leader epoch seen; lower epochs are refused.
-#[derive(Debug, Default, Clone, Copy)]
+/// File in the agent's `state_dir` holding the highest leader epoch seen.
+pub const EPOCH_FILE: &str = "leader-epoch";
+
+/// The highest leader epoch seen; lower epochs are refused. Loaded from and persisted to
+/// a file, so the fence survives an agent restart.
+#[derive(Debug, Default)]
 pub struct EpochFence {
     highest: i64,
+    /// Where `highest` is kept; `None`: in memory only.
+    path: Option<PathBuf>,
 }
 
 impl EpochFence {
+    /// The fence kept at `path`, starting from the epoch stored there (0 while the file
+    /// does not exist). A file that cannot be read or parsed is an error rather than a
+    /// silent 0, which would re-admit a deposed leader.
+    pub fn load(path: PathBuf) -> Result<Self, Error> {
+        let highest = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<i64>().map_err(|e| Error::EpochFile {
+                path: path.clone(),
+                reason: format!("not an epoch ({e}); remove the file if the store was wiped"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => {
+                return Err(Error::EpochFile {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        Ok(Self {
+            highest,
+            path: Some(path),
+        })
+    }
+
     /// The highest epoch admitted so far (0 before any).
     pub fn highest(&self) -> i64 {
         self.highest
     }
 
-    /// Admits `epoch` if it is not lower than the highest seen (raising that), or returns the
-    /// highest seen.
+    /// Admits `epoch` if it is not lower than the highest seen (raising that, and
+    /// persisting it), or returns the highest seen.
     pub fn admit(&mut self, epoch: i64) -> Result<(), i64> {
         if epoch < self.highest {
             return Err(self.highest);
         }
-        self.highest = epoch;
+        if epoch > self.highest {
+            self.highest = epoch;
+            self.persist();
+        }
         Ok(())
     }
+
+    /// Writes the epoch; a failure is logged and the fence still holds in memory (the
+    /// epoch only rises, so the next rise tries again).
+    fn persist(&self) {
+        let Some(path) = &self.path else {
+            return;
+        };
+        if let Err(e) = write_atomically(path, format!("{}\n", self.highest).as_bytes()) {
+            tracing::warn!(
+                path = %path.display(),
+                epoch = self.highest,
+                error = %e,
+                "could not persist the leader epoch; a restarted agent would not remember it"
+            );
+        }
+    }
+}
+
+/// Replaces `path` with `contents` so that a crash leaves the old or the new file, never a
+/// torn one: a temporary file, fsync, rename, then fsync of the directory.
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -515,6 +587,33 @@ mod tests {
         assert_eq!(fence.highest(), 3, "a refusal does not lower the fence");
         assert_eq!(fence.admit(7), Ok(()));
         assert_eq!(fence.admit(3), Err(7));
+    }
+
+    #[test]
+    fn the_fence_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join(EPOCH_FILE);
+        let mut fence = EpochFence::load(path.clone()).unwrap();
+        assert_eq!(fence.highest(), 0, "no file yet: nothing seen");
+        assert_eq!(fence.admit(5), Ok(()));
+        assert_eq!(fence.admit(4), Err(5));
+        drop(fence);
+        let mut restarted = EpochFence::load(path.clone()).unwrap();
+        assert_eq!(restarted.highest(), 5, "the epoch was read back");
+        assert_eq!(
+            restarted.admit(4),
+            Err(5),
+            "a deposed leader is still refused"
+        );
+        assert_eq!(restarted.admit(9), Ok(()));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "9\n");
+        assert!(
+            !path.with_extension("tmp").exists(),
+            "the temporary file was renamed into place"
+        );
+        std::fs::write(&path, "garbage").unwrap();
+        let err = EpochFence::load(path).unwrap_err().to_string();
+        assert!(err.contains(EPOCH_FILE), "{err}");
     }
 
     #[test]

@@ -285,6 +285,11 @@ impl Agent {
         }
         if let Some(at) = extra.iter().position(|a| *a == "--state-dir") {
             state_dir = extra.get(at + 1).map(PathBuf::from);
+        } else if state_dir.is_none() {
+            // Every agent keeps its own state (the leader epoch it has seen): never the
+            // shared default, which another test's cluster would have written.
+            let state = dir.join(format!("{node_id}-state"));
+            args.extend(["--state-dir".to_owned(), state.display().to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn(
