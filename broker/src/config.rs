@@ -40,6 +40,8 @@ pub struct Config {
     pub tls: crate::tls::TlsConfig,
     /// Allows a plaintext gRPC port on a non-loopback address (refused otherwise).
     pub insecure_listen: bool,
+    /// What a session may ask for: GPUs, images, capabilities.
+    pub limits: crate::limits::LimitsConfig,
     /// Client tokens (`[[auth.tokens]]`); none configured: authentication is off.
     pub auth: crate::auth::AuthConfig,
     /// Per-tenant quotas and the create rate limit (`[quota]`); unlimited by default.
@@ -114,6 +116,7 @@ impl Default for Config {
             placement: PlacementConfig::default(),
             tls: crate::tls::TlsConfig::default(),
             insecure_listen: false,
+            limits: crate::limits::LimitsConfig::default(),
             auth: Default::default(),
             quota: Default::default(),
         }
@@ -235,6 +238,7 @@ impl Config {
         }
         self.tls.validate()?;
         crate::tls::check_listen(self)?;
+        self.limits.validate()?;
         self.auth.validate()?;
         self.quota.validate()?;
         Ok(())

@@ -7,8 +7,8 @@ use std::{
 };
 
 use hearth_sdk::proto::v1::{
-    Gpu, GpuSource, Hello, IdleAction, Node, NodeCapacity, NodeState, PlacementStrategy,
-    SessionSpec, SessionState, readiness_probe,
+    ExecRequest, Gpu, GpuSource, Hello, IdleAction, InvokeRequest, Node, NodeCapacity, NodeState,
+    PlacementStrategy, SessionSpec, SessionState, readiness_probe,
 };
 
 use crate::error::{Error, Result};
@@ -86,7 +86,10 @@ fn labels(
         if k.is_empty() || k.len() > MAX_LABEL_LEN {
             return Err(Error::invalid(
                 field,
-                format!("key {k:?} must be 1-{MAX_LABEL_LEN} characters"),
+                format!(
+                    "key {:?} must be 1-{MAX_LABEL_LEN} characters",
+                    truncated(k)
+                ),
             ));
         }
         if v.len() > MAX_LABEL_LEN {
@@ -305,12 +308,39 @@ mod tests {
     }
 }
 
-/// Most GPUs one session may ask for.
-pub const MAX_GPUS_PER_SESSION: u32 = 16;
-/// Most env entries, argv entries or ports in a spec.
+/// Most GPUs one session can have: a whole node. The deployment's own, usually lower,
+/// limit is `limits.max_gpus_per_session` ([`crate::limits`]).
+pub const MAX_GPUS_PER_SESSION: u32 = MAX_GPUS_PER_NODE as u32;
+/// Most env entries or arguments (spec command, Exec argv, exec probe argv).
 pub const MAX_LIST_ENTRIES: usize = 256;
 /// Longest env value or argument.
 pub const MAX_VALUE_LEN: usize = 32 * 1024;
+/// Longest env variable name.
+pub const MAX_ENV_NAME_LEN: usize = 1024;
+/// Longest image reference (or executable path).
+pub const MAX_IMAGE_LEN: usize = 1024;
+/// Most ports in a spec.
+pub const MAX_PORTS: usize = 64;
+/// Longest port name or GPU model pattern.
+pub const MAX_NAME_LEN: usize = 253;
+/// Most capabilities a spec may add.
+pub const MAX_CAPABILITIES: usize = 64;
+/// Longest capability name (the longest Linux has is 18 characters).
+pub const MAX_CAPABILITY_LEN: usize = 32;
+/// Largest request body an Invoke may carry.
+pub const MAX_INVOKE_BODY: usize = 4 * 1024 * 1024;
+/// Largest stdin an Exec may carry.
+pub const MAX_EXEC_STDIN: usize = 4 * 1024 * 1024;
+/// Most headers on an Invoke.
+pub const MAX_HEADERS: usize = 128;
+/// Longest header name.
+pub const MAX_HEADER_NAME_LEN: usize = 256;
+/// Longest header value.
+pub const MAX_HEADER_VALUE_LEN: usize = 8 * 1024;
+/// Longest Invoke path (with its query) or Exec working directory.
+pub const MAX_PATH_LEN: usize = 8 * 1024;
+/// Longest HTTP method.
+pub const MAX_METHOD_LEN: usize = 32;
 /// Default idle timeout (DESIGN section 3).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Default readiness timeout.
@@ -351,6 +381,9 @@ fn strings(field: &str, values: &[String]) -> Result<()> {
             format!("is longer than {MAX_VALUE_LEN} bytes"),
         ));
     }
+    if let Some(i) = values.iter().position(|v| v.contains('\0')) {
+        return Err(Error::invalid(format!("{field}[{i}]"), "contains NUL"));
+    }
     Ok(())
 }
 
@@ -363,10 +396,13 @@ pub fn env(field: &str, env: &std::collections::HashMap<String, String>) -> Resu
         ));
     }
     for (k, v) in env {
-        if k.is_empty() || k.contains(['=', '\0']) {
+        if k.is_empty() || k.len() > MAX_ENV_NAME_LEN || k.contains(['=', '\0']) {
             return Err(Error::invalid(
                 field,
-                format!("name {k:?} must be non-empty without '=' or NUL"),
+                format!(
+                    "name {:?} must be 1-{MAX_ENV_NAME_LEN} bytes without '=' or NUL",
+                    truncated(k)
+                ),
             ));
         }
         if v.len() > MAX_VALUE_LEN || v.contains('\0') {
@@ -389,11 +425,14 @@ pub fn session_spec(spec: Option<SessionSpec>) -> Result<CheckedSpec> {
             "must name an image (or an executable for the process runtime)",
         ));
     }
-    if spec.image.len() > 1024 {
+    if spec.image.len() > MAX_IMAGE_LEN {
         return Err(Error::invalid(
             "spec.image",
-            "is longer than 1024 characters",
+            format!("is {} bytes; at most {MAX_IMAGE_LEN}", spec.image.len()),
         ));
+    }
+    if spec.image.contains('\0') {
+        return Err(Error::invalid("spec.image", "contains NUL"));
     }
     strings("spec.command", &spec.command)?;
     env("spec.env", &spec.env)?;
@@ -402,13 +441,22 @@ pub fn session_spec(spec: Option<SessionSpec>) -> Result<CheckedSpec> {
         return Err(Error::invalid(
             "spec.gpus.count",
             format!(
-                "{} is more than the {MAX_GPUS_PER_SESSION} GPUs a session may have",
+                "{} is more than the {MAX_GPUS_PER_SESSION} GPUs a node may have",
                 gpus.count
             ),
         ));
     }
-    if spec.ports.len() > 64 {
-        return Err(Error::invalid("spec.ports", "at most 64 ports"));
+    if gpus.model.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(
+            "spec.gpus.model",
+            format!("is {} bytes; at most {MAX_NAME_LEN}", gpus.model.len()),
+        ));
+    }
+    if spec.ports.len() > MAX_PORTS {
+        return Err(Error::invalid(
+            "spec.ports",
+            format!("has {} entries; at most {MAX_PORTS}", spec.ports.len()),
+        ));
     }
     let mut seen = HashSet::new();
     for (i, p) in spec.ports.iter().enumerate() {
@@ -422,6 +470,12 @@ pub fn session_spec(spec: Option<SessionSpec>) -> Result<CheckedSpec> {
             return Err(Error::invalid(
                 format!("spec.ports[{i}].port"),
                 format!("{} is listed twice", p.port),
+            ));
+        }
+        if p.name.len() > MAX_NAME_LEN {
+            return Err(Error::invalid(
+                format!("spec.ports[{i}].name"),
+                format!("is {} bytes; at most {MAX_NAME_LEN}", p.name.len()),
             ));
         }
     }
@@ -478,6 +532,29 @@ pub fn session_spec(spec: Option<SessionSpec>) -> Result<CheckedSpec> {
                 format!("{} is not BINPACK or SPREAD", placement.strategy),
             ));
         }
+        if placement.tolerations.len() > MAX_LABELS {
+            return Err(Error::invalid(
+                "spec.placement.tolerations",
+                format!(
+                    "has {} entries; at most {MAX_LABELS}",
+                    placement.tolerations.len()
+                ),
+            ));
+        }
+        if let Some(i) = placement
+            .tolerations
+            .iter()
+            .position(|t| t.is_empty() || t.len() > MAX_LABEL_LEN)
+        {
+            return Err(Error::invalid(
+                format!("spec.placement.tolerations[{i}]"),
+                format!("must be 1-{MAX_LABEL_LEN} characters"),
+            ));
+        }
+    }
+    if let Some(security) = &mut spec.security {
+        security.add_capabilities =
+            capabilities("spec.security.add_capabilities", &security.add_capabilities)?;
     }
     Ok(CheckedSpec {
         spec,
@@ -488,6 +565,164 @@ pub fn session_spec(spec: Option<SessionSpec>) -> Result<CheckedSpec> {
     })
 }
 
+/// The first 64 characters of `s`, so an error about a huge value stays readable.
+fn truncated(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((end, _)) => format!("{}...", &s[..end]),
+        None => s.to_owned(),
+    }
+}
+
+/// Checks one Linux capability name and returns it in the form Docker and the limits
+/// config use: upper case, without the `CAP_` prefix (`cap_sys_ptrace` → `SYS_PTRACE`).
+pub fn capability(field: &str, name: &str) -> Result<String> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if bare.is_empty()
+        || bare.len() > MAX_CAPABILITY_LEN
+        || !bare
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{:?} is not a capability name (1-{MAX_CAPABILITY_LEN} letters, digits and '_', \
+                 such as \"SYS_PTRACE\")",
+                truncated(name)
+            ),
+        ));
+    }
+    Ok(bare.to_owned())
+}
+
+/// Checks a list of capabilities to add; returns them normalised by [`capability`].
+pub fn capabilities(field: &str, names: &[String]) -> Result<Vec<String>> {
+    if names.len() > MAX_CAPABILITIES {
+        return Err(Error::invalid(
+            field,
+            format!("has {} entries; at most {MAX_CAPABILITIES}", names.len()),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        let cap = capability(&field, name)?;
+        if out.contains(&cap) {
+            return Err(Error::invalid(field, format!("{cap:?} is listed twice")));
+        }
+        out.push(cap);
+    }
+    Ok(out)
+}
+
+/// Checks an Exec request before it is routed to the session's node.
+pub fn exec_request(request: &ExecRequest) -> Result<()> {
+    session_id("session_id", &request.session_id)?;
+    if request.argv.first().is_none_or(String::is_empty) {
+        return Err(Error::invalid("argv", "must name a command"));
+    }
+    strings("argv", &request.argv)?;
+    env("env", &request.env)?;
+    if request.stdin.len() > MAX_EXEC_STDIN {
+        return Err(Error::invalid(
+            "stdin",
+            format!("is {} bytes; at most {MAX_EXEC_STDIN}", request.stdin.len()),
+        ));
+    }
+    if request.workdir.len() > MAX_PATH_LEN || request.workdir.contains('\0') {
+        return Err(Error::invalid(
+            "workdir",
+            format!("must be at most {MAX_PATH_LEN} bytes without NUL"),
+        ));
+    }
+    optional_duration("timeout", request.timeout.as_ref())?;
+    Ok(())
+}
+
+/// Checks an Invoke request before it is routed, filling in the defaults (method `GET`,
+/// path `/`). Whether the session exposes the port is for the caller to check.
+pub fn invoke_request(mut request: InvokeRequest) -> Result<InvokeRequest> {
+    session_id("session_id", &request.session_id)?;
+    if request.port == 0 || request.port > 65535 {
+        return Err(Error::invalid(
+            "port",
+            format!("{} is not a TCP port", request.port),
+        ));
+    }
+    if request.body.len() > MAX_INVOKE_BODY {
+        return Err(Error::invalid(
+            "body",
+            format!("is {} bytes; at most {MAX_INVOKE_BODY}", request.body.len()),
+        ));
+    }
+    if request.method.is_empty() {
+        request.method = "GET".to_owned();
+    }
+    if request.method.len() > MAX_METHOD_LEN
+        || !request.method.bytes().all(|b| b.is_ascii_uppercase())
+    {
+        return Err(Error::invalid(
+            "method",
+            format!("{:?} is not an HTTP method", truncated(&request.method)),
+        ));
+    }
+    if request.path.is_empty() {
+        request.path = "/".to_owned();
+    }
+    if !request.path.starts_with('/') {
+        return Err(Error::invalid("path", "must start with '/'"));
+    }
+    if request.path.len() > MAX_PATH_LEN {
+        return Err(Error::invalid(
+            "path",
+            format!("is {} bytes; at most {MAX_PATH_LEN}", request.path.len()),
+        ));
+    }
+    if request
+        .path
+        .contains(|c: char| c.is_ascii_control() || c == ' ')
+    {
+        return Err(Error::invalid(
+            "path",
+            "must not contain spaces or control characters",
+        ));
+    }
+    if request.headers.len() > MAX_HEADERS {
+        return Err(Error::invalid(
+            "headers",
+            format!(
+                "has {} entries; at most {MAX_HEADERS}",
+                request.headers.len()
+            ),
+        ));
+    }
+    for (i, h) in request.headers.iter().enumerate() {
+        // RFC 9110 token characters.
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if h.name.is_empty() || h.name.len() > MAX_HEADER_NAME_LEN || !h.name.bytes().all(token) {
+            return Err(Error::invalid(
+                format!("headers[{i}].name"),
+                format!(
+                    "{:?} is not a header name (1-{MAX_HEADER_NAME_LEN} token characters)",
+                    truncated(&h.name)
+                ),
+            ));
+        }
+        if h.value.len() > MAX_HEADER_VALUE_LEN
+            || h.value
+                .contains(|c: char| c.is_ascii_control() && c != '\t')
+        {
+            return Err(Error::invalid(
+                format!("headers[{i}].value"),
+                format!("must be at most {MAX_HEADER_VALUE_LEN} bytes without control characters"),
+            ));
+        }
+    }
+    optional_duration("timeout", request.timeout.as_ref())?;
+    Ok(request)
+}
+
 /// Checks a session id: a ULID as the broker makes them.
 pub fn session_id(field: &str, id: &str) -> Result<()> {
     if id.is_empty() {
@@ -495,7 +730,7 @@ pub fn session_id(field: &str, id: &str) -> Result<()> {
     }
     ulid::Ulid::from_string(id)
         .map(|_| ())
-        .map_err(|_| Error::invalid(field, format!("{id:?} is not a session id")))
+        .map_err(|_| Error::invalid(field, format!("{:?} is not a session id", truncated(id))))
 }
 
 /// Label keys starting with this are the broker's own (such as [`POOL_LABEL`]); users may

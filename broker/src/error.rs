@@ -40,6 +40,15 @@ pub enum Error {
     /// Leadership was lost while the request was being served; retry against the leader.
     #[error("this broker lost leadership while serving the request; retry")]
     Deposed,
+    /// The deployment's limits do not allow this (an image outside the allowlist, a
+    /// capability the tenant may not add).
+    #[error("{field}: {reason}")]
+    NotAllowed {
+        /// The field, as named in the proto (`spec.image`).
+        field: String,
+        /// What is not allowed, naming the setting that decides it.
+        reason: String,
+    },
     /// The object is not in a state that allows this.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -93,6 +102,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let code = match &e {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::NotAllowed { .. } => Code::PermissionDenied,
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::NotLeader { .. } | Error::Deposed => Code::Unavailable,

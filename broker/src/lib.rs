@@ -12,6 +12,8 @@
 //! - `store.rs`: the `Store` trait (etcd's data model, election, fencing);
 //!   `store/etcd.rs` and `store/embedded.rs` implement it.
 //! - `leader.rs`: campaign, take over, step down; the leader-only liveness timer.
+//! - `limits.rs`: the deployment's limits on specs (GPUs per session, image allowlist,
+//!   capabilities per tenant).
 //! - `cluster.rs`: shared state every service holds (role, store, nodes, events).
 //! - `nodes.rs`: the node registry, agent streams and liveness transitions.
 //! - `placement.rs`: which node and GPUs a session gets.
@@ -39,6 +41,7 @@ pub mod drain;
 pub mod error;
 pub mod events;
 pub mod leader;
+pub mod limits;
 pub mod metrics;
 pub mod nodes;
 pub mod placement;

@@ -160,6 +160,11 @@ pub async fn create_from_template(
     let labels: BTreeMap<String, String> = convert::session_labels(labels)?;
     convert::request_id(request_id)?;
     let template = cluster.templates.get(tenant, name)?;
+    // Again at each use: the limits may have been tightened since the template was written.
+    cluster
+        .config
+        .limits
+        .check_spec(tenant, "template.spec", &template.spec.spec)?;
     let ready_timeout = template.spec.ready_timeout;
     let sessions = &cluster.sessions;
     if let Some(earlier) = sessions
@@ -371,6 +376,14 @@ async fn reconcile_pool(cluster: &Arc<Cluster>, leader: &LeaderState, template: 
         return;
     }
     let name = &template.template.name;
+    if let Err(e) = cluster
+        .config
+        .limits
+        .check_spec(&id.0, "template.spec", &template.spec.spec)
+    {
+        cluster.pools.fill_failed(cluster, &id, &e.to_string());
+        return;
+    }
     for n in 0..missing {
         let launch = Launch {
             tenant: id.0.clone(),

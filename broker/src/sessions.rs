@@ -440,6 +440,10 @@ impl Sessions {
             None => return Err(Error::invalid("spec", "is required (or give a template)")),
         };
         let checked = convert::session_spec(Some(spec))?;
+        cluster
+            .config
+            .limits
+            .check_spec(tenant, "spec", &checked.spec)?;
         let labels = convert::session_labels(&request.labels)?;
         convert::request_id(&request.request_id)?;
         if let Some(earlier) = self

@@ -146,6 +146,10 @@ impl Templates {
         tenant: &str,
         checked: CheckedTemplate,
     ) -> Result<Arc<Stored>> {
+        cluster
+            .config
+            .limits
+            .check_spec(tenant, "template.spec", &checked.spec.spec)?;
         let key = template_key(tenant, &checked.name);
         let template = Template {
             name: checked.name.clone(),
@@ -183,6 +187,10 @@ impl Templates {
         tenant: &str,
         checked: CheckedTemplate,
     ) -> Result<Arc<Stored>> {
+        cluster
+            .config
+            .limits
+            .check_spec(tenant, "template.spec", &checked.spec.spec)?;
         let current = self.get(tenant, &checked.name)?;
         let key = template_key(tenant, &checked.name);
         let template = Template {

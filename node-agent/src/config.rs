@@ -71,6 +71,55 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// TLS to the broker (`[tls]`: ca, cert, key), used for `https://` broker URLs.
     pub tls: crate::tls::TlsConfig,
+    /// Limits a container gets when its spec leaves them at 0 (`[session_limits]`).
+    pub session_limits: SessionLimits,
+}
+
+/// Resource limits for sessions whose spec does not set them. Every container gets a pids,
+/// memory and CPU limit, so one session cannot take the host down with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionLimits {
+    /// Most processes (default 1024).
+    pub pids_limit: u32,
+    /// Memory in bytes (the TOML file also takes "16GiB"). 0: three quarters of the
+    /// host's memory, leaving room for the agent, the engine and the page cache.
+    #[serde(deserialize_with = "size::deserialize")]
+    pub memory: u64,
+    /// CPU in thousandths of a core. 0: every CPU of the host.
+    pub cpu_millis: u32,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            pids_limit: 1024,
+            memory: 0,
+            cpu_millis: 0,
+        }
+    }
+}
+
+impl SessionLimits {
+    /// The limits with the host-derived defaults filled in, for `capacity` (see
+    /// [`crate::host::capacity`]). A host whose size is unknown gets 1 GiB and one CPU.
+    pub fn resolve(&self, capacity: &hearth_sdk::proto::v1::NodeCapacity) -> Self {
+        let memory = match (self.memory, capacity.memory_bytes) {
+            (0, 0) => 1 << 30,
+            (0, host) => host / 4 * 3,
+            (m, _) => m,
+        };
+        let cpu_millis = match (self.cpu_millis, capacity.cpu_cores) {
+            (0, 0) => 1000,
+            (0, cores) => cores.saturating_mul(1000),
+            (c, _) => c,
+        };
+        Self {
+            pids_limit: self.pids_limit,
+            memory,
+            cpu_millis,
+        }
+    }
 }
 
 /// Which [`crate::runtime::Runtime`] runs session workloads.
@@ -115,6 +164,7 @@ impl Default for Config {
             runtime: RuntimeKind::Docker,
             state_dir: PathBuf::from("/var/lib/hearth-agent"),
             tls: crate::tls::TlsConfig::default(),
+            session_limits: SessionLimits::default(),
         }
     }
 }
@@ -437,6 +487,12 @@ impl Config {
             && endpoint.trim().is_empty()
         {
             bad("otlp_endpoint must not be empty when set".into());
+        }
+        if self.session_limits.pids_limit == 0 {
+            bad("session_limits.pids_limit must be greater than 0".into());
+        }
+        if i64::try_from(self.session_limits.memory).is_err() {
+            bad("session_limits.memory is too large".into());
         }
         problems.extend(self.tls.problems());
         let mut bad = |p: String| problems.push(p);

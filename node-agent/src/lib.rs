@@ -36,7 +36,9 @@
 //! - `metrics.rs`: Prometheus metrics for `/metrics`.
 //! - `error.rs`: the crate's [`Error`].
 //! - `main.rs`: the thin binary: flags, tracing, admin port, signals, then [`run`].
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the process runtime needs one `pre_exec` (no_new_privs in the
+// child), allowed where it is written and nowhere else.
+#![deny(unsafe_code)]
 
 pub mod backoff;
 pub mod config;
@@ -154,7 +156,9 @@ async fn open_runtime(config: &Config) -> Result<Arc<dyn runtime::Runtime>, Erro
             Ok(Arc::new(process))
         }
         RuntimeKind::Docker => match runtime::docker::DockerRuntime::connect().await {
-            Ok(docker) => Ok(Arc::new(docker)),
+            Ok(docker) => Ok(Arc::new(
+                docker.with_limits(config.session_limits.resolve(&host::capacity())),
+            )),
             Err(source) => Err(Error::DockerUnavailable {
                 host: std::env::var("DOCKER_HOST")
                     .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned()),

@@ -332,9 +332,17 @@ async fn containers_are_labelled_and_hardened() {
     assert_eq!(host.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
     assert_eq!(
         host.security_opt.as_deref(),
-        Some(&["no-new-privileges".to_string()][..])
+        Some(&["no-new-privileges:true".to_string()][..])
     );
     assert_eq!(host.pids_limit, Some(DEFAULT_PIDS_LIMIT));
+    assert!(
+        host.memory.unwrap_or(0) > 0,
+        "a memory limit even when the spec sets none"
+    );
+    assert!(
+        host.nano_cpus.unwrap_or(0) > 0,
+        "a CPU limit even when the spec sets none"
+    );
     assert_eq!(
         host.init,
         Some(true),

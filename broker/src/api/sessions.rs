@@ -24,10 +24,6 @@ use crate::{
     turns::{TurnStream, Turns},
 };
 
-/// Largest request body an Invoke may carry.
-pub const MAX_INVOKE_BODY: usize = 4 * 1024 * 1024;
-/// Largest stdin an Exec may carry.
-pub const MAX_EXEC_STDIN: usize = 4 * 1024 * 1024;
 /// Default and largest page of ListSessions.
 const PAGE: (u32, u32) = (100, 1000);
 
@@ -243,25 +239,7 @@ impl Sessions for SessionsService {
     ) -> Result<Response<Self::ExecStream>, Status> {
         let caller = auth::caller(&request)?;
         let request = request.into_inner();
-        id_of("session_id", &request.session_id)?;
-        if request.argv.is_empty() || request.argv[0].is_empty() {
-            return Err(Error::invalid("argv", "must name a command").into());
-        }
-        if request.argv.len() > convert::MAX_LIST_ENTRIES {
-            return Err(Error::invalid("argv", "has too many arguments").into());
-        }
-        convert::env("env", &request.env)?;
-        if request.stdin.len() > MAX_EXEC_STDIN {
-            return Err(Error::invalid(
-                "stdin",
-                format!("is {} bytes; at most {MAX_EXEC_STDIN}", request.stdin.len()),
-            )
-            .into());
-        }
-        if let Some(t) = &request.timeout {
-            hearth_sdk::time::std_duration(t, "timeout")
-                .map_err(|r| Error::invalid("timeout", r))?;
-        }
+        convert::exec_request(&request)?;
         let leader = self.cluster.require_leader().await?;
         let session_id = request.session_id.clone();
         let stream = self
@@ -289,36 +267,7 @@ impl Sessions for SessionsService {
         request: Request<InvokeRequest>,
     ) -> Result<Response<Self::InvokeStream>, Status> {
         let caller = auth::caller(&request)?;
-        let mut request = request.into_inner();
-        id_of("session_id", &request.session_id)?;
-        if request.port == 0 || request.port > 65535 {
-            return Err(
-                Error::invalid("port", format!("{} is not a TCP port", request.port)).into(),
-            );
-        }
-        if request.body.len() > MAX_INVOKE_BODY {
-            return Err(Error::invalid(
-                "body",
-                format!("is {} bytes; at most {MAX_INVOKE_BODY}", request.body.len()),
-            )
-            .into());
-        }
-        if request.method.is_empty() {
-            request.method = "GET".to_owned();
-        }
-        if !request.method.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(Error::invalid(
-                "method",
-                format!("{:?} is not an HTTP method", request.method),
-            )
-            .into());
-        }
-        if request.path.is_empty() {
-            request.path = "/".to_owned();
-        }
-        if !request.path.starts_with('/') {
-            return Err(Error::invalid("path", "must start with '/'").into());
-        }
+        let request = convert::invoke_request(request.into_inner())?;
         let leader = self.cluster.require_leader().await?;
         let entry = self
             .cluster

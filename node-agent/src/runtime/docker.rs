@@ -4,8 +4,10 @@
 //!   generation, epoch and tenant, so [`Runtime::list`] finds it again after an agent
 //!   restart. Docker owns the state; this type keeps only a cache of addresses.
 //! - Images are never pulled: a missing image is [`RuntimeError::ImageNotFound`].
-//! - Containers start hardened: not privileged, every capability dropped,
-//!   `no-new-privileges`, a pids limit, and memory and CPU limits when the spec sets them.
+//! - Containers start hardened: not privileged, every capability dropped (the spec's
+//!   `security.add_capabilities` are added back; the broker allows them per tenant),
+//!   `no-new-privileges`, and always a pids, memory and CPU limit: the spec's, else the
+//!   agent's `[session_limits]`.
 //!   GPUs are a `DeviceRequest` for the allocated UUIDs (the NVIDIA container runtime then
 //!   sets `NVIDIA_VISIBLE_DEVICES`; we set no GPU variables ourselves).
 //! - Ports are reached directly at the container's IP on its bridge network, which the
@@ -41,13 +43,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::SessionLimits;
+
 use super::{
     ExecOutput, ExecSpec, LABEL_EPOCH, LABEL_GENERATION, LABEL_SESSION, LABEL_TENANT, Runtime,
     RuntimeError, StartRequest, Workload, WorkloadState,
 };
 
-/// Pids limit for a session whose spec sets none.
-pub const DEFAULT_PIDS_LIMIT: i64 = 512;
+/// Pids limit for a session whose spec sets none, unless `session_limits.pids_limit`
+/// says otherwise.
+pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
 
 /// Container name prefix; the session id follows.
 pub const CONTAINER_PREFIX: &str = "hearth-";
@@ -72,6 +77,7 @@ struct CachedAddress {
 pub struct DockerRuntime {
     docker: Docker,
     addresses: Mutex<HashMap<String, CachedAddress>>,
+    limits: SessionLimits,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -128,10 +134,19 @@ impl DockerRuntime {
         // bollard speaks a newer API than older engines accept; settle on the engine's.
         let docker = docker.negotiate_version().await.map_err(unreachable)?;
         docker.ping().await.map_err(unreachable)?;
+        let limits = SessionLimits::default().resolve(&crate::host::capacity());
         Ok(Self {
             docker,
             addresses: Mutex::new(HashMap::new()),
+            limits,
         })
+    }
+
+    /// Uses `limits` (resolved: no zeros) for sessions whose spec leaves a limit at 0,
+    /// instead of the built-in defaults.
+    pub fn with_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The bollard client, for callers that need more than the trait (events, stats).
@@ -332,8 +347,12 @@ fn parse_ports_label(value: Option<&String>) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// The container definition for a start request: hardened defaults, limits, GPUs.
-fn container_body(request: &StartRequest) -> Result<ContainerCreateBody, RuntimeError> {
+/// The container definition for a start request: hardened defaults, limits (the spec's,
+/// else `defaults`), GPUs.
+fn container_body(
+    request: &StartRequest,
+    defaults: &SessionLimits,
+) -> Result<ContainerCreateBody, RuntimeError> {
     let spec = &request.spec;
     let mut ports = Vec::with_capacity(spec.ports.len());
     for port in &spec.ports {
@@ -368,23 +387,31 @@ fn container_body(request: &StartRequest) -> Result<ContainerCreateBody, Runtime
     ]);
 
     let resources = spec.resources.unwrap_or_default();
-    let memory = i64::try_from(resources.memory_bytes).map_err(|_| RuntimeError::InvalidSpec {
-        field: "resources.memory_bytes".into(),
-        reason: "too large".into(),
-    })?;
-    let (memory, memory_swap) = if memory > 0 {
-        // Swap as large as nothing: a model server that swaps is worse than one that
-        // is OOM-killed and reported.
-        (Some(memory), Some(memory))
-    } else {
-        (None, None)
-    };
-    let nano_cpus = (resources.cpu_millis > 0).then(|| i64::from(resources.cpu_millis) * 1_000_000);
-    let pids_limit = if resources.pids_limit > 0 {
-        i64::from(resources.pids_limit)
-    } else {
-        DEFAULT_PIDS_LIMIT
-    };
+    let or_default = |spec: u64, default: u64| if spec > 0 { spec } else { default };
+    let memory = i64::try_from(or_default(resources.memory_bytes, defaults.memory))
+        .ok()
+        .filter(|m| *m > 0)
+        .ok_or_else(|| RuntimeError::InvalidSpec {
+            field: "resources.memory_bytes".into(),
+            reason: "too large".into(),
+        })?;
+    let cpu_millis = or_default(
+        u64::from(resources.cpu_millis),
+        u64::from(defaults.cpu_millis).max(1),
+    );
+    let nano_cpus = i64::try_from(cpu_millis * 1_000_000).unwrap_or(i64::MAX);
+    let pids_limit = i64::try_from(or_default(
+        u64::from(resources.pids_limit),
+        u64::from(defaults.pids_limit).max(1),
+    ))
+    .unwrap_or(DEFAULT_PIDS_LIMIT);
+    // Capabilities come back on top of dropping ALL; the broker has checked them against
+    // its per-tenant allowance, and they are names Docker knows without the CAP_ prefix.
+    let cap_add = spec
+        .security
+        .as_ref()
+        .map(|s| s.add_capabilities.clone())
+        .filter(|c| !c.is_empty());
 
     let device_requests = (!real.is_empty()).then(|| {
         vec![DeviceRequest {
@@ -397,12 +424,18 @@ fn container_body(request: &StartRequest) -> Result<ContainerCreateBody, Runtime
 
     let host_config = HostConfig {
         privileged: Some(false),
+        // Every capability goes: a model server needs none to read its weights, use its
+        // GPUs (device files) or listen on its ports (Docker sets
+        // `ip_unprivileged_port_start=0` in a container's network namespace).
         cap_drop: Some(vec!["ALL".into()]),
-        security_opt: Some(vec!["no-new-privileges".into()]),
+        cap_add,
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
         pids_limit: Some(pids_limit),
-        memory,
-        memory_swap,
-        nano_cpus,
+        memory: Some(memory),
+        // Swap as large as nothing: a model server that swaps is worse than one that is
+        // OOM-killed and reported.
+        memory_swap: Some(memory),
+        nano_cpus: Some(nano_cpus),
         device_requests,
         // A tiny init (dockerd's docker-init) as PID 1 forwards SIGTERM to the workload
         // and reaps its children. A model server as PID 1 that installs no SIGTERM
@@ -474,7 +507,7 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, request: &StartRequest) -> Result<Workload, RuntimeError> {
         let session_id = request.session_id.as_str();
-        let body = container_body(request)?;
+        let body = container_body(request, &self.limits)?;
         self.ensure_image(&request.spec.image).await?;
         self.remove(session_id).await?;
 
@@ -838,15 +871,22 @@ mod tests {
         }
     }
 
+    const LIMITS: SessionLimits = SessionLimits {
+        pids_limit: 1024,
+        memory: 4 << 30,
+        cpu_millis: 2000,
+    };
+
     #[test]
     fn the_container_is_hardened_labelled_and_limited() {
-        let body = container_body(&request()).unwrap();
+        let body = container_body(&request(), &LIMITS).unwrap();
         let host = body.host_config.unwrap();
         assert_eq!(host.privileged, Some(false));
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(host.cap_add, None);
         assert_eq!(
             host.security_opt,
-            Some(vec!["no-new-privileges".to_string()])
+            Some(vec!["no-new-privileges:true".to_string()])
         );
         assert_eq!(host.pids_limit, Some(DEFAULT_PIDS_LIMIT));
         assert_eq!(host.memory, Some(1 << 30));
@@ -875,20 +915,43 @@ mod tests {
         req.spec.command.clear();
         req.spec.resources = None;
         req.gpu_uuids.clear();
-        let body = container_body(&req).unwrap();
+        let body = container_body(&req, &LIMITS).unwrap();
         assert_eq!(body.cmd, None);
         let host = body.host_config.unwrap();
         assert_eq!(host.device_requests, None);
-        assert_eq!(host.memory, None);
-        assert_eq!(host.nano_cpus, None);
-        assert_eq!(host.pids_limit, Some(DEFAULT_PIDS_LIMIT));
+        assert_eq!(host.memory, Some(4 << 30), "the agent's default");
+        assert_eq!(host.nano_cpus, Some(2_000_000_000));
+        assert_eq!(host.pids_limit, Some(1024));
+    }
+
+    #[test]
+    fn capabilities_are_added_back_only_as_the_spec_says() {
+        let mut req = request();
+        req.spec.security = Some(hearth_sdk::proto::v1::SecuritySpec {
+            add_capabilities: vec!["SYS_PTRACE".into()],
+        });
+        let host = container_body(&req, &LIMITS).unwrap().host_config.unwrap();
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(host.cap_add, Some(vec!["SYS_PTRACE".to_string()]));
+    }
+
+    #[test]
+    fn host_derived_limits_are_never_zero() {
+        use hearth_sdk::proto::v1::NodeCapacity;
+        let unknown = SessionLimits::default().resolve(&NodeCapacity::default());
+        assert!(unknown.memory > 0 && unknown.cpu_millis > 0 && unknown.pids_limit > 0);
+        let host = SessionLimits::default().resolve(&NodeCapacity {
+            cpu_cores: 8,
+            memory_bytes: 64 << 30,
+        });
+        assert_eq!((host.cpu_millis, host.memory), (8000, 48 << 30));
     }
 
     #[test]
     fn simulated_gpus_are_named_in_the_environment_not_passed_through() {
         let mut req = request();
         req.gpu_uuids = vec!["GPU-SIM-n1-0".into(), "GPU-SIM-n1-1".into()];
-        let body = container_body(&req).unwrap();
+        let body = container_body(&req, &LIMITS).unwrap();
         assert_eq!(body.host_config.unwrap().device_requests, None);
         assert!(
             body.env
@@ -902,7 +965,7 @@ mod tests {
         let mut req = request();
         req.spec.ports[0].port = 70000;
         assert!(matches!(
-            container_body(&req),
+            container_body(&req, &LIMITS),
             Err(RuntimeError::InvalidSpec { field, .. }) if field == "ports"
         ));
     }

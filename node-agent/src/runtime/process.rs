@@ -16,6 +16,12 @@
 //!   running workloads. A pid counts as the workload only while its start time matches, so
 //!   a recycled pid is never mistaken for it. The directory is private (0700, files 0600):
 //!   the environment may hold secrets.
+//! - Children (workloads and execs) run with `no_new_privs` set between fork and exec, so
+//!   a setuid or file-capability binary cannot raise their privileges. That is all this
+//!   runtime enforces: they run as the agent's user, with its capabilities (all of them
+//!   when the agent is root), its filesystem and network, and no pids, memory or CPU
+//!   limit; `spec.security.add_capabilities` is ignored. Use the docker runtime where
+//!   sessions must be isolated from each other and from the host.
 //! - A child the agent spawned is waited on by a background task, which reaps it (no
 //!   zombies) and keeps its exit status. An adopted workload (spawned by an earlier agent
 //!   process) was re-parented to init, which reaps it; its exit code is then unknown.
@@ -49,6 +55,19 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{ExecOutput, ExecSpec, Runtime, RuntimeError, StartRequest, Workload, WorkloadState};
+
+/// Sets `no_new_privs` in the child between fork and exec: nothing it runs (a setuid
+/// binary, a file with capabilities) can gain privileges, and the flag is inherited by
+/// everything it starts.
+#[allow(unsafe_code)]
+fn no_new_privileges(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe work is allowed; it makes one prctl system call and neither
+    // allocates nor takes a lock.
+    unsafe {
+        command.pre_exec(|| nix::sys::prctl::set_no_new_privs().map_err(io::Error::from));
+    }
+}
 
 /// Variables a workload (and its execs) inherit from the agent; everything else of the
 /// agent's environment (its `HEARTH_*` settings above all) stays out.
@@ -364,7 +383,8 @@ impl Runtime for ProcessRuntime {
         let log2 = log
             .try_clone()
             .map_err(|e| backend(format!("cannot open {}: {e}", log_path.display())))?;
-        let mut child = Command::new(&executable)
+        let mut command = Command::new(&executable);
+        command
             .args(&spec.command)
             .current_dir(&scratch)
             .env_clear()
@@ -374,14 +394,14 @@ impl Runtime for ProcessRuntime {
             .stderr(log2)
             // Its own group: signals reach the whole workload, and a Ctrl-C aimed at the
             // agent does not reach it.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => {
-                    RuntimeError::ImageNotFound(spec.image.clone())
-                }
-                _ => backend(format!("cannot start {}: {e}", executable.display())),
-            })?;
+            .process_group(0);
+        no_new_privileges(&mut command);
+        let mut child = command.spawn().map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => {
+                RuntimeError::ImageNotFound(spec.image.clone())
+            }
+            _ => backend(format!("cannot start {}: {e}", executable.display())),
+        })?;
         let pid = child
             .id()
             .ok_or_else(|| backend("the new process has no pid".into()))?;
@@ -493,6 +513,7 @@ impl Runtime for ProcessRuntime {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        no_new_privileges(&mut command);
         if !spec.workdir.is_empty() {
             command.current_dir(&spec.workdir);
         } else if let Ok(cwd) = std::fs::read_link(format!("/proc/{}/cwd", state.pid)) {

@@ -151,8 +151,14 @@ class PlacementSpec(_message.Message):
     tolerations: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, strategy: _Optional[_Union[PlacementStrategy, str]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., tolerations: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class SecuritySpec(_message.Message):
+    __slots__ = ("add_capabilities",)
+    ADD_CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    add_capabilities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, add_capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class SessionSpec(_message.Message):
-    __slots__ = ("image", "command", "env", "gpus", "resources", "ports", "readiness", "idle_timeout", "idle_action", "max_lifetime", "placement")
+    __slots__ = ("image", "command", "env", "gpus", "resources", "ports", "readiness", "idle_timeout", "idle_action", "max_lifetime", "placement", "security")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +177,7 @@ class SessionSpec(_message.Message):
     IDLE_ACTION_FIELD_NUMBER: _ClassVar[int]
     MAX_LIFETIME_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    SECURITY_FIELD_NUMBER: _ClassVar[int]
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
@@ -182,7 +189,8 @@ class SessionSpec(_message.Message):
     idle_action: IdleAction
     max_lifetime: _duration_pb2.Duration
     placement: PlacementSpec
-    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., gpus: _Optional[_Union[GpuRequest, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortSpec, _Mapping]]] = ..., readiness: _Optional[_Union[ReadinessProbe, _Mapping]] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_action: _Optional[_Union[IdleAction, str]] = ..., max_lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., placement: _Optional[_Union[PlacementSpec, _Mapping]] = ...) -> None: ...
+    security: SecuritySpec
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., gpus: _Optional[_Union[GpuRequest, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortSpec, _Mapping]]] = ..., readiness: _Optional[_Union[ReadinessProbe, _Mapping]] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_action: _Optional[_Union[IdleAction, str]] = ..., max_lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., placement: _Optional[_Union[PlacementSpec, _Mapping]] = ..., security: _Optional[_Union[SecuritySpec, _Mapping]] = ...) -> None: ...
 
 class Session(_message.Message):
     __slots__ = ("id", "tenant", "spec", "labels", "template", "state", "state_reason", "node_id", "gpu_uuids", "container_id", "generation", "created_at", "ready_at", "last_activity_at", "expires_at", "max_deadline", "turns_served", "cold_starts")
