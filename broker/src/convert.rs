@@ -1042,3 +1042,448 @@ mod spec_tests {
         assert!(request_id(&"x".repeat(200)).is_err());
     }
 }
+
+#[cfg(test)]
+mod limit_tests {
+    use std::collections::HashMap;
+
+    use hearth_sdk::proto::v1::{
+        ExecProbe, GpuRequest, Header, PlacementSpec, PortSpec, ReadinessProbe, SecuritySpec,
+    };
+
+    use super::*;
+
+    fn many(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("a{i}")).collect()
+    }
+
+    fn map(n: usize) -> HashMap<String, String> {
+        (0..n).map(|i| (format!("K{i}"), "v".to_owned())).collect()
+    }
+
+    fn big(n: usize) -> String {
+        "x".repeat(n)
+    }
+
+    fn spec() -> SessionSpec {
+        SessionSpec {
+            image: "hearth-worker:1".into(),
+            ..SessionSpec::default()
+        }
+    }
+
+    fn exec() -> ExecRequest {
+        ExecRequest {
+            session_id: ulid::Ulid::new().to_string(),
+            argv: vec!["true".into()],
+            ..ExecRequest::default()
+        }
+    }
+
+    fn invoke() -> InvokeRequest {
+        InvokeRequest {
+            session_id: ulid::Ulid::new().to_string(),
+            port: 8080,
+            ..InvokeRequest::default()
+        }
+    }
+
+    fn expect_invalid(what: &str, result: Result<()>, field: &str, fragment: &str) {
+        match result {
+            Err(e @ Error::InvalidArgument { .. }) => {
+                let Error::InvalidArgument { field: f, .. } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(f, field, "{what}: {e}");
+                assert!(e.to_string().contains(fragment), "{what}: {e}");
+            }
+            other => panic!("{what}: expected an error naming {field}, got {other:?}"),
+        }
+    }
+
+    /// Every count and size limit on a session spec: the largest allowed value passes, one
+    /// more fails naming the field and the limit.
+    #[test]
+    fn spec_limits() {
+        type Setter = fn(&mut SessionSpec, usize);
+        let cases: Vec<(&str, Setter, usize, &str, &str)> = vec![
+            (
+                "image length",
+                |s, n| s.image = big(n),
+                MAX_IMAGE_LEN,
+                "spec.image",
+                "at most 1024",
+            ),
+            (
+                "command entries",
+                |s, n| s.command = many(n),
+                MAX_LIST_ENTRIES,
+                "spec.command",
+                "at most 256",
+            ),
+            (
+                "command argument size",
+                |s, n| s.command = vec![big(n)],
+                MAX_VALUE_LEN,
+                "spec.command[0]",
+                "32768 bytes",
+            ),
+            (
+                "env entries",
+                |s, n| s.env = map(n),
+                MAX_LIST_ENTRIES,
+                "spec.env",
+                "at most 256",
+            ),
+            (
+                "env name size",
+                |s, n| s.env = [(big(n), String::new())].into(),
+                MAX_ENV_NAME_LEN,
+                "spec.env",
+                "1-1024 bytes",
+            ),
+            (
+                "env value size",
+                |s, n| s.env = [("K".to_owned(), big(n))].into(),
+                MAX_VALUE_LEN,
+                "spec.env[K]",
+                "at most 32768 bytes",
+            ),
+            (
+                "gpus",
+                |s, n| {
+                    s.gpus = Some(GpuRequest {
+                        count: n as u32,
+                        ..GpuRequest::default()
+                    })
+                },
+                MAX_GPUS_PER_SESSION as usize,
+                "spec.gpus.count",
+                "64 GPUs",
+            ),
+            (
+                "gpu model size",
+                |s, n| {
+                    s.gpus = Some(GpuRequest {
+                        model: big(n),
+                        ..GpuRequest::default()
+                    })
+                },
+                MAX_NAME_LEN,
+                "spec.gpus.model",
+                "at most 253",
+            ),
+            (
+                "ports",
+                |s, n| {
+                    s.ports = (1..=n as u32)
+                        .map(|port| PortSpec {
+                            port,
+                            name: String::new(),
+                        })
+                        .collect()
+                },
+                MAX_PORTS,
+                "spec.ports",
+                "at most 64",
+            ),
+            (
+                "port name size",
+                |s, n| {
+                    s.ports = vec![PortSpec {
+                        port: 80,
+                        name: big(n),
+                    }]
+                },
+                MAX_NAME_LEN,
+                "spec.ports[0].name",
+                "at most 253",
+            ),
+            (
+                "exec probe argv",
+                |s, n| {
+                    s.readiness = Some(ReadinessProbe {
+                        check: Some(readiness_probe::Check::Exec(ExecProbe { argv: many(n) })),
+                        ..ReadinessProbe::default()
+                    })
+                },
+                MAX_LIST_ENTRIES,
+                "spec.readiness.exec.argv",
+                "at most 256",
+            ),
+            (
+                "node selector entries",
+                |s, n| {
+                    s.placement = Some(PlacementSpec {
+                        node_selector: map(n),
+                        ..PlacementSpec::default()
+                    })
+                },
+                MAX_LABELS,
+                "spec.placement.node_selector",
+                "at most 64",
+            ),
+            (
+                "node selector value size",
+                |s, n| {
+                    s.placement = Some(PlacementSpec {
+                        node_selector: [("k".to_owned(), big(n))].into(),
+                        ..PlacementSpec::default()
+                    })
+                },
+                MAX_LABEL_LEN,
+                "spec.placement.node_selector[k]",
+                "at most 253",
+            ),
+            (
+                "tolerations",
+                |s, n| {
+                    s.placement = Some(PlacementSpec {
+                        tolerations: many(n),
+                        ..PlacementSpec::default()
+                    })
+                },
+                MAX_LABELS,
+                "spec.placement.tolerations",
+                "at most 64",
+            ),
+            (
+                "toleration size",
+                |s, n| {
+                    s.placement = Some(PlacementSpec {
+                        tolerations: vec![big(n)],
+                        ..PlacementSpec::default()
+                    })
+                },
+                MAX_LABEL_LEN,
+                "spec.placement.tolerations[0]",
+                "1-253",
+            ),
+            (
+                "capabilities",
+                |s, n| {
+                    s.security = Some(SecuritySpec {
+                        add_capabilities: (0..n).map(|i| format!("C{i}")).collect(),
+                    })
+                },
+                MAX_CAPABILITIES,
+                "spec.security.add_capabilities",
+                "at most 64",
+            ),
+            (
+                "capability size",
+                |s, n| {
+                    s.security = Some(SecuritySpec {
+                        add_capabilities: vec!["C".repeat(n)],
+                    })
+                },
+                MAX_CAPABILITY_LEN,
+                "spec.security.add_capabilities[0]",
+                "1-32",
+            ),
+        ];
+        for (what, set, limit, field, fragment) in cases {
+            let mut s = spec();
+            set(&mut s, limit);
+            if let Err(e) = session_spec(Some(s)) {
+                panic!("{what}: {limit} should be allowed: {e}");
+            }
+            let mut s = spec();
+            set(&mut s, limit + 1);
+            expect_invalid(what, session_spec(Some(s)).map(|_| ()), field, fragment);
+        }
+    }
+
+    /// Labels on a session: count, key and value sizes.
+    #[test]
+    fn label_limits() {
+        let cases: Vec<(
+            &str,
+            fn(usize) -> HashMap<String, String>,
+            usize,
+            &str,
+            &str,
+        )> = vec![
+            ("label entries", map, MAX_LABELS, "labels", "at most 64"),
+            (
+                "label key size",
+                |n| [(big(n), String::new())].into(),
+                MAX_LABEL_LEN,
+                "labels",
+                "1-253",
+            ),
+            (
+                "label value size",
+                |n| [("k".to_owned(), big(n))].into(),
+                MAX_LABEL_LEN,
+                "labels[k]",
+                "at most 253",
+            ),
+        ];
+        for (what, make, limit, field, fragment) in cases {
+            assert!(session_labels(&make(limit)).is_ok(), "{what}");
+            expect_invalid(
+                what,
+                session_labels(&make(limit + 1)).map(|_| ()),
+                field,
+                fragment,
+            );
+        }
+    }
+
+    /// Exec and Invoke: every count and size limit.
+    #[test]
+    fn turn_limits() {
+        type ExecSetter = fn(&mut ExecRequest, usize);
+        let cases: Vec<(&str, ExecSetter, usize, &str, &str)> = vec![
+            (
+                "argv entries",
+                |r, n| r.argv = many(n),
+                MAX_LIST_ENTRIES,
+                "argv",
+                "at most 256",
+            ),
+            (
+                "argument size",
+                |r, n| r.argv = vec![big(n)],
+                MAX_VALUE_LEN,
+                "argv[0]",
+                "32768 bytes",
+            ),
+            (
+                "env entries",
+                |r, n| r.env = map(n),
+                MAX_LIST_ENTRIES,
+                "env",
+                "at most 256",
+            ),
+            (
+                "env value size",
+                |r, n| r.env = [("K".to_owned(), big(n))].into(),
+                MAX_VALUE_LEN,
+                "env[K]",
+                "32768",
+            ),
+            (
+                "stdin size",
+                |r, n| r.stdin = vec![0; n],
+                MAX_EXEC_STDIN,
+                "stdin",
+                "at most 4194304",
+            ),
+            (
+                "workdir size",
+                |r, n| r.workdir = format!("/{}", big(n - 1)),
+                MAX_PATH_LEN,
+                "workdir",
+                "at most 8192",
+            ),
+        ];
+        for (what, set, limit, field, fragment) in cases {
+            let mut r = exec();
+            set(&mut r, limit);
+            if let Err(e) = exec_request(&r) {
+                panic!("{what}: {limit} should be allowed: {e}");
+            }
+            let mut r = exec();
+            set(&mut r, limit + 1);
+            expect_invalid(what, exec_request(&r), field, fragment);
+        }
+
+        type InvokeSetter = fn(&mut InvokeRequest, usize);
+        let cases: Vec<(&str, InvokeSetter, usize, &str, &str)> = vec![
+            (
+                "body size",
+                |r, n| r.body = vec![0; n],
+                MAX_INVOKE_BODY,
+                "body",
+                "at most 4194304",
+            ),
+            (
+                "path size",
+                |r, n| r.path = format!("/{}", big(n - 1)),
+                MAX_PATH_LEN,
+                "path",
+                "at most 8192",
+            ),
+            (
+                "method size",
+                |r, n| r.method = "G".repeat(n),
+                MAX_METHOD_LEN,
+                "method",
+                "not an HTTP method",
+            ),
+            (
+                "headers",
+                |r, n| {
+                    r.headers = (0..n)
+                        .map(|i| Header {
+                            name: format!("x-{i}"),
+                            value: "v".into(),
+                        })
+                        .collect()
+                },
+                MAX_HEADERS,
+                "headers",
+                "at most 128",
+            ),
+            (
+                "header name size",
+                |r, n| {
+                    r.headers = vec![Header {
+                        name: big(n),
+                        value: String::new(),
+                    }]
+                },
+                MAX_HEADER_NAME_LEN,
+                "headers[0].name",
+                "1-256",
+            ),
+            (
+                "header value size",
+                |r, n| {
+                    r.headers = vec![Header {
+                        name: "x".into(),
+                        value: big(n),
+                    }]
+                },
+                MAX_HEADER_VALUE_LEN,
+                "headers[0].value",
+                "at most 8192",
+            ),
+        ];
+        for (what, set, limit, field, fragment) in cases {
+            let mut r = invoke();
+            set(&mut r, limit);
+            if let Err(e) = invoke_request(r) {
+                panic!("{what}: {limit} should be allowed: {e}");
+            }
+            let mut r = invoke();
+            set(&mut r, limit + 1);
+            expect_invalid(what, invoke_request(r).map(|_| ()), field, fragment);
+        }
+    }
+
+    #[test]
+    fn invoke_defaults_and_capability_names() {
+        let r = invoke_request(invoke()).unwrap();
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/"));
+        assert_eq!(
+            capability("c", "cap_sys_ptrace").unwrap(),
+            "SYS_PTRACE",
+            "normalised as Docker writes it"
+        );
+        assert!(capability("c", "SYS PTRACE").is_err());
+        assert!(capability("c", "CAP_").is_err());
+        let mut s = spec();
+        s.security = Some(SecuritySpec {
+            add_capabilities: vec!["SYS_PTRACE".into(), "cap_sys_ptrace".into()],
+        });
+        expect_invalid(
+            "duplicate capability",
+            session_spec(Some(s)).map(|_| ()),
+            "spec.security.add_capabilities[1]",
+            "listed twice",
+        );
+    }
+}
