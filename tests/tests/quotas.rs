@@ -1,0 +1,291 @@
+//! Quotas and the create rate limit end to end: one broker with `[quota]` defaults and
+//! per-tenant overrides, tokens for each tenant, and an agent with simulated GPUs
+//! running sessions as processes.
+//!
+//! Each limit answers RESOURCE_EXHAUSTED with a message naming the limit and the tenant;
+//! deleting a session frees its share; concurrent creates never overshoot; unclaimed
+//! warm-pool members count, and claiming one is not refused.
+
+use std::{path::Path, time::Duration};
+
+use hearth_sdk::proto::v1::{
+    CreateSessionRequest, CreateTemplateRequest, DeleteSessionRequest, GetNodeRequest, GpuRequest,
+    ListSessionsRequest, NodeState, Session, SessionSpec, SessionState, Template,
+    admin_client::AdminClient, create_session_request, sessions_client::SessionsClient,
+    templates_client::TemplatesClient,
+};
+use hearth_tests::{
+    api, eventually, images,
+    process::{Agent, Broker, binary},
+};
+use tonic::{
+    Code, Request, Status,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+#[derive(Clone)]
+struct Bearer(String);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let value = format!("Bearer {}", self.0)
+            .parse()
+            .map_err(|_| Status::internal("token is not valid metadata"))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+}
+
+type Svc = InterceptedService<Channel, Bearer>;
+
+fn create_token(config: &Path, tenant: &str, role: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new(binary("hearth")?)
+        .args(["token", "create", "--tenant", tenant, "--role", role])
+        .arg("--append")
+        .arg(config)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "hearth token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn spec(gpus: u32) -> SessionSpec {
+    let mut spec = images::worker_spec(images::worker_binary().display().to_string());
+    spec.gpus = Some(GpuRequest {
+        count: gpus,
+        ..GpuRequest::default()
+    });
+    spec
+}
+
+struct Tenant {
+    sessions: SessionsClient<Svc>,
+    templates: TemplatesClient<Svc>,
+}
+
+impl Tenant {
+    async fn create(&self, gpus: u32) -> Result<Session, Status> {
+        self.sessions
+            .clone()
+            .create_session(CreateSessionRequest {
+                source: Some(create_session_request::Source::Spec(spec(gpus))),
+                ..CreateSessionRequest::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), Status> {
+        self.sessions
+            .clone()
+            .delete_session(DeleteSessionRequest { id: id.to_owned() })
+            .await
+            .map(drop)
+    }
+
+    async fn live(&self) -> Result<Vec<Session>, Status> {
+        Ok(self
+            .sessions
+            .clone()
+            .list_sessions(ListSessionsRequest::default())
+            .await?
+            .into_inner()
+            .sessions)
+    }
+}
+
+fn exhausted(result: Result<Session, Status>, names: &str) {
+    let err = result.expect_err("must be over quota");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains(names),
+        "the message names {names:?}: {err:?}"
+    );
+}
+
+const CONFIG: &str = r#"
+[quota]
+max_sessions = 100
+
+[quota.tenants.team-a]
+max_sessions = 2
+
+[quota.tenants.team-b]
+max_gpus = 2
+
+[quota.tenants.team-c]
+creates_per_minute = 2
+
+[quota.tenants.team-d]
+max_sessions = 2
+"#;
+
+#[tokio::test]
+async fn quotas_and_the_rate_limit_refuse_with_the_limit_named_and_free_on_delete()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, CONFIG)?;
+    let mut tokens = Vec::new();
+    for tenant in ["team-a", "team-b", "team-c", "team-d"] {
+        tokens.push(create_token(&config, tenant, "user")?);
+    }
+    let admin_token = create_token(&config, "ops", "admin")?;
+    let store = dir.path().join("store").display().to_string();
+    let broker = Broker::spawn(
+        dir.path(),
+        "broker",
+        &[
+            "--config",
+            &config.display().to_string(),
+            "--store-path",
+            &store,
+        ],
+    )?;
+    let agent = Agent::spawn(
+        dir.path(),
+        "quota-node",
+        &[&broker.url],
+        &["--simulate-gpus", "4"],
+    )?;
+    let logs = |e: anyhow::Error| {
+        anyhow::anyhow!(
+            "{e:#}\n{}\n{}",
+            broker.proc.log_tail(),
+            agent.proc.log_tail()
+        )
+    };
+    let channel = api::long_channel(&broker.url);
+    let tenant = |token: &str| Tenant {
+        sessions: SessionsClient::with_interceptor(channel.clone(), Bearer(token.to_owned())),
+        templates: TemplatesClient::with_interceptor(channel.clone(), Bearer(token.to_owned())),
+    };
+    let (a, b, c, d) = (
+        tenant(&tokens[0]),
+        tenant(&tokens[1]),
+        tenant(&tokens[2]),
+        tenant(&tokens[3]),
+    );
+    let admin = AdminClient::with_interceptor(channel.clone(), Bearer(admin_token));
+    let node = agent.node_id.clone();
+    eventually("node READY", Duration::from_secs(30), || {
+        let (mut admin, id) = (admin.clone(), node.clone());
+        async move {
+            Ok(admin
+                .get_node(GetNodeRequest { id })
+                .await
+                .ok()
+                .filter(|n| n.get_ref().state() == NodeState::Ready))
+        }
+    })
+    .await
+    .map_err(logs)?;
+
+    // max_sessions: two live sessions, the third refused; a delete frees a slot.
+    let first = a.create(0).await.map_err(|e| logs(e.into()))?;
+    a.create(0).await?;
+    exhausted(
+        a.create(0).await,
+        "tenant team-a: max_sessions 2 reached (2 live)",
+    );
+    // Other tenants are not limited by team-a's quota.
+    let other = d.create(0).await?;
+    d.delete(&other.id).await?;
+    a.delete(&first.id).await?;
+    let third = a.create(0).await.map_err(|e| logs(e.into()))?;
+    assert_eq!(third.state(), SessionState::Ready);
+    exhausted(a.create(0).await, "max_sessions 2");
+
+    // Concurrent creates never overshoot: with one slot free, exactly one of several
+    // simultaneous creates gets it.
+    a.delete(&third.id).await?;
+    let racers = (0..6).map(|_| {
+        let mut sessions = a.sessions.clone();
+        tokio::spawn(async move {
+            sessions
+                .create_session(CreateSessionRequest {
+                    source: Some(create_session_request::Source::Spec(spec(0))),
+                    no_wait: true,
+                    ..CreateSessionRequest::default()
+                })
+                .await
+        })
+    });
+    let mut won = 0;
+    for racer in futures::future::join_all(racers).await {
+        match racer? {
+            Ok(_) => won += 1,
+            Err(e) => assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}"),
+        }
+    }
+    assert_eq!(won, 1, "one free slot, one winner");
+    assert_eq!(a.live().await?.len(), 2);
+
+    // max_gpus: two GPUs booked, one more refused (CPU-only sessions still fit); a
+    // delete frees them.
+    let big = b.create(2).await.map_err(|e| logs(e.into()))?;
+    assert_eq!(big.gpu_uuids.len(), 2);
+    exhausted(
+        b.create(1).await,
+        "tenant team-b: max_gpus 2 reached (2 booked, 1 requested)",
+    );
+    b.create(0).await?;
+    b.delete(&big.id).await?;
+    let after = b.create(1).await.map_err(|e| logs(e.into()))?;
+    assert_eq!(after.gpu_uuids.len(), 1);
+
+    // creates_per_minute: a burst of two, then refused with when to retry; deleting
+    // does not give creates back.
+    let one = c.create(0).await?;
+    c.create(0).await?;
+    c.delete(&one.id).await?;
+    exhausted(
+        c.create(0).await,
+        "tenant team-c: creates_per_minute 2 reached; retry in",
+    );
+
+    // Unclaimed warm-pool members count: a pool of two fills team-d's quota, so a cold
+    // create is refused, but claiming a member (no new session) is not.
+    d.templates
+        .clone()
+        .create_template(CreateTemplateRequest {
+            template: Some(Template {
+                name: "warm".to_owned(),
+                spec: Some(spec(0)),
+                warm_pool: 2,
+                ..Template::default()
+            }),
+        })
+        .await?;
+    eventually(
+        "two READY pool members",
+        Duration::from_secs(60),
+        || async {
+            let live = d.live().await?;
+            Ok(
+                (live.len() == 2 && live.iter().all(|s| s.state() == SessionState::Ready))
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+    .map_err(logs)?;
+    exhausted(d.create(0).await, "tenant team-d: max_sessions 2 reached");
+    let claimed = d
+        .sessions
+        .clone()
+        .create_session(CreateSessionRequest {
+            source: Some(create_session_request::Source::Template("warm".to_owned())),
+            ..CreateSessionRequest::default()
+        })
+        .await
+        .map_err(|e| logs(e.into()))?
+        .into_inner();
+    assert_eq!(claimed.template, "warm");
+    assert_eq!(claimed.state(), SessionState::Ready);
+    Ok(())
+}
