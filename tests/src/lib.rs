@@ -10,10 +10,12 @@
 //!   `NodeAgent.Connect` protocol (no GPU or workload is real).
 //! - `allocations.rs`: audits GPU allocations straight from etcd (double bookings).
 //! - `bench_scale.rs`: `hearth-bench scale`, a broker on etcd against a simulated fleet.
+//! - `bench_chaos.rs`: `hearth-bench chaos`, turns under random faults, then invariants.
 //! - `report.rs`: what every benchmark prints (machine, figures, the JSON line).
 
 pub mod allocations;
 pub mod api;
+pub mod bench_chaos;
 pub mod bench_scale;
 pub mod etcd;
 pub mod eventually;

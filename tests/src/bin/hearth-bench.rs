@@ -26,6 +26,8 @@ use tonic::transport::Channel;
 
 const USAGE: &str = "usage: hearth-bench turns [--json] [--turns N] [--seconds S] [--concurrency C]
        hearth-bench pool [--json] [--claims N] [--pool P] [--warmup-ms MS] [--etcd]
+       hearth-bench scale [--json] ... (hearth-bench scale --help)
+       hearth-bench chaos [--json] [--faults N] [--sessions N] [--seed S]
 
 turns   Invoke turn latency (1 KiB, one in flight) through Hearth vs a direct HTTP call to
         the same worker, the loopback TCP floor of one hop, and throughput at C in flight.
@@ -34,7 +36,11 @@ pool    CreateSession(template=...) latency when a warm-pool member is free (a c
         against a cold create of the same spec. Starts a broker (embedded store, or a
         private etcd with --etcd), an agent (process runtime: the static test worker as a
         child process) and a template with a warm pool of P; each claim waits for the
-        pool to refill first, and the claimed session is deleted afterwards.";
+        pool to refill first, and the claimed session is deleted afterwards.
+scale   A broker on etcd against 1,000 SIMULATED hosts (hearth-bench scale --help).
+chaos   Turns under random faults (leader kill, agent kill, etcd restart, network cut),
+        then invariants: double bookings, silent losses, orphans, extra cold starts
+        (hearth-bench chaos --help).";
 
 struct Options {
     json: bool,
@@ -75,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("turns") => turns(parse(&args[1..])?).await,
         Some("scale") => hearth_tests::bench_scale::main(&args[1..]).await,
+        Some("chaos") => hearth_tests::bench_chaos::main(&args[1..]).await,
         Some("pool") => pool(parse_pool(&args[1..])?).await,
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
