@@ -21,7 +21,7 @@ pub struct Config {
     /// Admin HTTP address (`/live`, `/ready`, `/metrics`).
     pub admin_addr: SocketAddr,
     /// The URL other brokers hand out to reach this one when it leads. Default:
-    /// `http://<grpc_addr>`.
+    /// `http://<grpc_addr>` (`https://` with `[tls]`).
     pub advertise_url: Option<String>,
     /// Where state is kept.
     pub store: StoreConfig,
@@ -36,6 +36,10 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// How sessions are placed.
     pub placement: PlacementConfig,
+    /// TLS on the gRPC port (`[tls]`: cert, key, client_ca); unset: plaintext.
+    pub tls: crate::tls::TlsConfig,
+    /// Allows a plaintext gRPC port on a non-loopback address (refused otherwise).
+    pub insecure_listen: bool,
     /// TLS on the gRPC port (`[tls]`: cert, key, client_ca); unset: plaintext.
     pub tls: crate::tls::TlsConfig,
     /// Allows a plaintext gRPC port on a non-loopback address (refused otherwise).
@@ -114,6 +118,8 @@ impl Default for Config {
             log_json: false,
             otlp_endpoint: None,
             placement: PlacementConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
+            insecure_listen: false,
             tls: crate::tls::TlsConfig::default(),
             insecure_listen: false,
             limits: crate::limits::LimitsConfig::default(),
@@ -238,6 +244,8 @@ impl Config {
         }
         self.tls.validate()?;
         crate::tls::check_listen(self)?;
+        self.tls.validate()?;
+        crate::tls::check_listen(self)?;
         self.limits.validate()?;
         self.auth.validate()?;
         self.quota.validate()?;
@@ -256,9 +264,10 @@ impl Config {
 
     /// The URL handed out to reach this broker.
     pub fn advertise_url(&self) -> String {
+        let scheme = if self.tls.enabled() { "https" } else { "http" };
         self.advertise_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.grpc_addr))
+            .unwrap_or_else(|| format!("{scheme}://{}", self.grpc_addr))
     }
 
     /// Reads a TOML file on top of the defaults.
@@ -405,6 +414,16 @@ impl Args {
             c.otlp_endpoint = self.otlp_endpoint;
         }
         set(&mut c.placement.strategy, self.placement_strategy);
+        if self.tls_cert.is_some() {
+            c.tls.cert = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            c.tls.key = self.tls_key;
+        }
+        if self.tls_client_ca.is_some() {
+            c.tls.client_ca = self.tls_client_ca;
+        }
+        c.insecure_listen |= self.insecure_listen;
         if self.tls_cert.is_some() {
             c.tls.cert = self.tls_cert;
         }

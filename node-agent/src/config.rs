@@ -71,6 +71,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// TLS to the broker (`[tls]`: ca, cert, key), used for `https://` broker URLs.
     pub tls: crate::tls::TlsConfig,
+    /// TLS to the broker (`[tls]`: ca, cert, key), used for `https://` broker URLs.
+    pub tls: crate::tls::TlsConfig,
     /// Limits a container gets when its spec leaves them at 0 (`[session_limits]`).
     pub session_limits: SessionLimits,
 }
@@ -163,6 +165,7 @@ impl Default for Config {
             otlp_endpoint: None,
             runtime: RuntimeKind::Docker,
             state_dir: PathBuf::from("/var/lib/hearth-agent"),
+            tls: crate::tls::TlsConfig::default(),
             tls: crate::tls::TlsConfig::default(),
             session_limits: SessionLimits::default(),
         }
@@ -308,6 +311,20 @@ pub struct Cli {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "HEARTH_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates the broker's certificate must chain to (https:// brokers)
+    /// [default: the system roots].
+    #[arg(long, env = "HEARTH_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate naming this node (`hearth certs node`); with --tls-key. The
+    /// node id defaults to the name it holds.
+    #[arg(long, env = "HEARTH_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HEARTH_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -413,6 +430,9 @@ impl Config {
         set(&mut self.tls.ca, tls_ca.map(Some));
         set(&mut self.tls.cert, tls_cert.map(Some));
         set(&mut self.tls.key, tls_key.map(Some));
+        set(&mut self.tls.ca, tls_ca.map(Some));
+        set(&mut self.tls.cert, tls_cert.map(Some));
+        set(&mut self.tls.key, tls_key.map(Some));
     }
 
     /// Checks every setting and reports all problems at once, each naming its setting.
@@ -496,6 +516,8 @@ impl Config {
         }
         problems.extend(self.tls.problems());
         let mut bad = |p: String| problems.push(p);
+        problems.extend(self.tls.problems());
+        let mut bad = |p: String| problems.push(p);
         if !self.state_dir.is_absolute() {
             bad(format!(
                 "state_dir {:?} must be an absolute path, such as /var/lib/hearth-agent",
@@ -525,11 +547,8 @@ fn check_broker_url(url: &str) -> Result<(), &'static str> {
         .parse()
         .map_err(|_| "is not a URL; use http://host:port")?;
     match uri.scheme_str() {
-        Some("http") => {}
-        // mTLS to the broker (DESIGN section 9) is not built yet; fail loudly rather than
-        // with an obscure transport error at the first connect.
-        Some("https") => return Err("uses https, but TLS to the broker is not supported yet"),
-        _ => return Err("must start with http://"),
+        Some("http" | "https") => {}
+        _ => return Err("must start with http:// or https://"),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err("has no host");
@@ -735,12 +754,12 @@ mod tests {
         }
 
         let c = Config {
-            broker: vec!["127.0.0.1:7700".into(), "https://b:7700".into()],
+            broker: vec!["127.0.0.1:7700".into(), "ftp://b:7700".into()],
             ..valid()
         };
         let p = problems(&c);
         assert!(p[0].starts_with("broker URL \"127.0.0.1:7700\""), "{p:?}");
-        assert!(p[1].contains("TLS"), "{p:?}");
+        assert!(p[1].contains("https://"), "{p:?}");
         let c = Config {
             broker: vec![],
             ..valid()
