@@ -9,6 +9,7 @@ Invoke) are never retried, since a command may already have run.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 import uuid
@@ -47,7 +48,8 @@ class Client:
     Args:
         target: the broker's gRPC address: ``host:port`` or ``http://host:port``
             (plaintext), or ``https://host:port`` (TLS with the system's roots).
-        token: a bearer token, sent as ``authorization: Bearer <token>`` on every call.
+        token: a bearer token, sent as ``authorization: Bearer <token>`` on every call;
+            ``HEARTH_TOKEN`` from the environment when not given, as the CLI does.
         timeout: deadline in seconds for unary calls other than CreateSession;
             ``None`` for none.
         retries: how many times a unary call is retried on ``UNAVAILABLE``.
@@ -82,13 +84,23 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self.retry_backoff = retry_backoff
+        if token is None:
+            token = os.environ.get("HEARTH_TOKEN") or None
         self._metadata: Tuple[Tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
-        #: The generated ``hearth.v1.Sessions`` stub, for calls this wrapper lacks.
+        #: The generated ``hearth.v1.Sessions`` stub, for calls this wrapper lacks; pass
+        #: ``metadata=client.metadata`` so they carry the token.
         self.sessions = sessions_pb2_grpc.SessionsStub(self.channel)
-        #: The generated ``hearth.v1.Admin`` stub (nodes, cluster info, events).
+        #: The generated ``hearth.v1.Admin`` stub (nodes, cluster info, events; an admin
+        #: token's calls only), as in ``client.admin.ListNodes(req, metadata=client.metadata)``.
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
+
+    @property
+    def metadata(self) -> Tuple[Tuple[str, str], ...]:
+        """The call metadata that carries the token (empty without one), for calls made
+        on the generated stubs directly."""
+        return self._metadata
 
     def __enter__(self) -> "Client":
         return self
