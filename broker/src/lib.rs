@@ -62,8 +62,8 @@ use hearth_sdk::proto::v1::{
 };
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::service::interceptor::InterceptedService;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     cluster::{Cluster, Role},
