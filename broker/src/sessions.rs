@@ -1634,6 +1634,20 @@ impl Sessions {
         }
         for w in running {
             if self.live_here(node_id, &w.session_id, w.generation) {
+                // Its READY status may have been dropped with the stream to a leader that
+                // died; the Hello carries it instead, or the session would stay STARTING.
+                if w.state() == SessionState::Ready {
+                    let status = hearth_sdk::proto::v1::SessionStatus {
+                        session_id: w.session_id.clone(),
+                        generation: w.generation,
+                        state: w.state,
+                        reason: String::new(),
+                        container_id: w.container_id.clone(),
+                    };
+                    if let Err(e) = self.on_status(cluster, leader, node_id, status).await {
+                        tracing::warn!(error = %e, session = w.session_id, "could not record a workload reported ready on Hello");
+                    }
+                }
                 continue;
             }
             match self.ended(cluster, &w.session_id).await {
