@@ -1073,10 +1073,15 @@ async fn a_create_retried_across_failover_gives_one_session() -> anyhow::Result<
                 refusals.push((s.code(), s.message().to_owned()));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(s) => anyhow::bail!(
-                "the retried create: {s:?}\n{}",
-                tails(&[&b.proc, &agent.proc])
-            ),
+            Err(s) => {
+                if std::env::var_os("FAULTS_KEEP").is_some() {
+                    eprintln!("kept {}", dir.keep().display());
+                }
+                anyhow::bail!(
+                    "the retried create: {s:?}\n{}",
+                    tails(&[&b.proc, &agent.proc])
+                )
+            }
         }
     };
     let answered = killed.elapsed();
