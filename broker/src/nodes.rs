@@ -321,6 +321,14 @@ impl Nodes {
                 let wanted = state_for_silence(silence, leading_for, &self.liveness);
                 let from = entry.node.state();
                 if severity(wanted) > severity(from) {
+                    if wanted == NodeState::Down
+                        && let Some(c) = entry.connection.take()
+                    {
+                        // Its sessions are about to be LOST: a stream that survived the
+                        // silence must not carry on as if nothing happened. The agent
+                        // dials again and its Hello has the workloads reconciled.
+                        c.closed.cancel();
+                    }
                     let node = set_state(entry, wanted, SystemTime::now());
                     out.push(Transition {
                         node,
