@@ -44,7 +44,10 @@ pub fn parse(input: &str) -> Result<u64, String> {
         }
         let digits: u128 = fraction.parse().map_err(|_| too_big())?;
         let scale = 10u128.pow(fraction.len() as u32);
-        bytes += digits * multiplier / scale;
+        // Checked: a whole part just under the u128 limit plus its fraction can pass it.
+        bytes = bytes
+            .checked_add(digits * multiplier / scale)
+            .ok_or_else(too_big)?;
     }
     u64::try_from(bytes).map_err(|_| too_big())
 }
@@ -52,6 +55,12 @@ pub fn parse(input: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::parse as parse_size;
+
+    #[test]
+    fn a_fraction_at_the_edge_of_overflow_is_too_large_not_a_panic() {
+        let err = parse_size("340282366920938463463374607.999999T").unwrap_err();
+        assert!(err.contains("too large"), "{err}");
+    }
 
     #[test]
     fn binary_and_decimal_units() {
