@@ -489,7 +489,19 @@ impl Cluster {
             ];
             let (image, exec_program) = match &runtime {
                 Runtime::Docker => {
-                    args.extend(["--runtime".into(), "docker".into()]);
+                    // Its own state directory too: the agent keeps the highest leader
+                    // epoch it has seen there, and the default is shared by the host.
+                    args.extend([
+                        "--runtime".into(),
+                        "docker".into(),
+                        "--state-dir".into(),
+                        cluster
+                            .dir
+                            .path()
+                            .join(format!("{id}-state"))
+                            .display()
+                            .to_string(),
+                    ]);
                     (images::WORKER_IMAGE.to_owned(), "/worker".to_owned())
                 }
                 Runtime::Process(state) => {
@@ -542,6 +554,24 @@ impl Cluster {
             out.push('\n');
         }
         out
+    }
+
+    /// Copies every broker and agent log to a directory that outlives the run, for a
+    /// reader to investigate; returns it.
+    fn keep_logs(&self) -> Option<PathBuf> {
+        let kept = std::env::temp_dir().join(format!(
+            "hearth-chaos-logs-{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        ));
+        std::fs::create_dir_all(&kept).ok()?;
+        for file in std::fs::read_dir(self.dir.path()).ok()?.flatten() {
+            let path = file.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let _ = std::fs::copy(&path, kept.join(file.file_name()));
+            }
+        }
+        let _ = std::fs::copy(self.etcd.log_path(), kept.join("etcd.log"));
+        Some(kept)
     }
 
     /// Index of the broker that says it leads, asking each with a short timeout.
@@ -824,7 +854,7 @@ async fn session_loop(
     let mut rng = XorShift::new(seed);
     let mut last_counter: u64 = 0;
     while !stop.is_cancelled() {
-        let kind = if rng.next_u64() % 5 == 0 {
+        let kind = if rng.next_u64().is_multiple_of(5) {
             TurnKind::Exec
         } else {
             TurnKind::Incr
@@ -881,6 +911,9 @@ async fn run(o: Options) -> anyhow::Result<()> {
     let result = exercise(&o, &mut cluster).await;
     if let Err(e) = &result {
         eprintln!("chaos run failed: {e:#}\n{}", cluster.log_tails());
+        if let Some(kept) = cluster.keep_logs() {
+            eprintln!("logs kept in {}", kept.display());
+        }
     }
     drop(cluster);
     result
@@ -1331,15 +1364,11 @@ async fn exercise(o: &Options, cluster: &mut Cluster) -> anyhow::Result<()> {
         })
         .collect();
     let unrecovered = failovers.iter().filter(|f| f.0.is_none()).count();
-    let worst = |pick: fn(&(Option<Duration>, Option<Duration>)) -> Option<Duration>| {
-        failovers
-            .iter()
-            .filter_map(pick)
-            .map(|d| d.as_secs_f64())
-            .fold(0.0, f64::max)
+    let worst = |times: &mut dyn Iterator<Item = Duration>| {
+        times.map(|d| d.as_secs_f64()).fold(0.0, f64::max)
     };
-    let failover_s = worst(|f| f.0);
-    let failover_all_sessions_s = worst(|f| f.1);
+    let failover_s = worst(&mut failovers.iter().filter_map(|f| f.0));
+    let failover_all_sessions_s = worst(&mut failovers.iter().filter_map(|f| f.1));
     let turns_failed: u64 = stats.failed.values().sum();
     let json_map = |m: &BTreeMap<String, u64>| {
         let fields: Vec<String> = m.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
@@ -1472,6 +1501,16 @@ async fn exercise(o: &Options, cluster: &mut Cluster) -> anyhow::Result<()> {
         ("load_s", format!("{load_s:.1}")),
         ("seed", o.seed.to_string()),
     ];
+    let violated = !findings.lost_silently.is_empty()
+        || !findings.lost_reported.is_empty()
+        || !findings.orphans.is_empty()
+        || findings.double_booked > 0
+        || findings.extra_cold_starts > 0
+        || stats.unanswered > 0
+        || !is_converged;
+    if violated && let Some(kept) = cluster.keep_logs() {
+        println!("logs kept in {}", kept.display());
+    }
     report::print(&report, 26);
     if o.json {
         println!("{}", report::json_line(&report));
