@@ -1149,8 +1149,37 @@ impl Sessions {
         if !pause {
             entry.touch();
         }
-        self.transition(cluster, leader, entry, to, why, |_| {})
-            .await?;
+        if let Err(e) = self
+            .transition(cluster, leader, entry, to, why, |_| {})
+            .await
+        {
+            // The node did it but the store did not take it, so the old state stands: undo
+            // it on the node, or a READY session would stay frozen and its turns hang.
+            let meta = Some(Self::meta(&record, leader));
+            let command_id = meta
+                .as_ref()
+                .map(|m| m.command_id.clone())
+                .unwrap_or_default();
+            let undo = if pause {
+                broker_message::Msg::ResumeSession(ResumeSessionCommand { meta })
+            } else {
+                broker_message::Msg::PauseSession(PauseSessionCommand { meta })
+            };
+            if let Err(undo_error) = cluster
+                .turns
+                .command(
+                    &record.node_id,
+                    &connection,
+                    &command_id,
+                    undo,
+                    COMMAND_TIMEOUT,
+                )
+                .await
+            {
+                tracing::warn!(session = record.id, error = %undo_error, "could not undo a change of state that the store did not record");
+            }
+            return Err(e);
+        }
         Ok(entry.snapshot())
     }
 
