@@ -93,6 +93,16 @@ fn inspect(session_id: &str) -> anyhow::Result<Container> {
     })
 }
 
+/// Whether Docker has the session's container paused (frozen).
+fn paused_on_host(session_id: &str) -> anyhow::Result<bool> {
+    Ok(docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Paused}}",
+        &container_name(session_id),
+    ])? == "true")
+}
+
 /// Every container (running or not) whose environment carries this test's marker, so
 /// containers of tests running alongside on the same engine are not counted.
 fn marked_containers(marker: &str) -> Vec<String> {
@@ -852,6 +862,23 @@ async fn etcd_outage_keeps_turns_going_and_writes_converge() -> anyhow::Result<(
         }
         Err(s) => {
             retryable("PauseSession", &s);
+            // The refused pause left the session READY, so its workload must not be frozen:
+            // a turn on it is answered rather than hanging until its deadline.
+            assert!(
+                !paused_on_host(&to_pause.id)?,
+                "PauseSession was refused ({}) but the container is frozen",
+                s.message()
+            );
+            let mut c = client.clone();
+            turn(
+                &mut c,
+                &to_pause.id,
+                "GET",
+                "/state",
+                Duration::from_secs(20),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("a turn after the refused pause: {e:?}"))?;
             retry_until_ok("PauseSession", || {
                 let mut c = client.clone();
                 let id = to_pause.id.clone();
@@ -1322,13 +1349,11 @@ async fn an_agent_refuses_a_deposed_leaders_commands() -> anyhow::Result<()> {
     assert!(started.ok, "StartSession: {started:?}\n{}", logs());
     loop {
         match leader.next().await? {
-            agent_message::Msg::SessionStatus(s) if s.session_id == session_id => {
-                match s.state() {
-                    SessionState::Starting => {}
-                    SessionState::Ready => break,
-                    _ => anyhow::bail!("want the session READY, got {s:?}\n{}", logs()),
-                }
-            }
+            agent_message::Msg::SessionStatus(s) if s.session_id == session_id => match s.state() {
+                SessionState::Starting => {}
+                SessionState::Ready => break,
+                _ => anyhow::bail!("want the session READY, got {s:?}\n{}", logs()),
+            },
             other => anyhow::bail!("want the session READY, got {other:?}"),
         }
     }
