@@ -1308,7 +1308,8 @@ async fn next_conn(conns: &mut mpsc::UnboundedReceiver<Conn>) -> anyhow::Result<
 /// The real `hearth-agent` (Docker runtime) is welcomed by a leader of epoch 7, which
 /// starts a session. After a reconnect a deposed leader (epoch 5) speaks to it: its
 /// StopSession and Exec are refused with FAILED_PRECONDITION naming both epochs, and the
-/// container keeps running untouched. Commands of epoch 7 and 8 are then accepted.
+/// container keeps running untouched, also after the agent is killed and restarted.
+/// Commands of epoch 7 and 8 are accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_refuses_a_deposed_leaders_commands() -> anyhow::Result<()> {
     if !images::docker_or_skip() {
@@ -1321,8 +1322,7 @@ async fn an_agent_refuses_a_deposed_leaders_commands() -> anyhow::Result<()> {
     let (url, mut conns) = scripted_leader().await?;
     let state = dir.path().join("agent-state").display().to_string();
     let flags = docker_agent_flags(&state, "1");
-    let agent = Agent::spawn(dir.path(), "fenced-node", &[&url], &strs(&flags))?;
-    let logs = || agent.proc.log_tail();
+    let mut agent = Agent::spawn(dir.path(), "fenced-node", &[&url], &strs(&flags))?;
 
     let mut leader = next_conn(&mut conns).await?;
     assert_eq!(
@@ -1346,13 +1346,20 @@ async fn an_agent_refuses_a_deposed_leaders_commands() -> anyhow::Result<()> {
         }))
         .await?;
     let started = leader.reply().await?;
-    assert!(started.ok, "StartSession: {started:?}\n{}", logs());
+    assert!(
+        started.ok,
+        "StartSession: {started:?}\n{}",
+        tails(&[&agent.proc])
+    );
     loop {
         match leader.next().await? {
             agent_message::Msg::SessionStatus(s) if s.session_id == session_id => match s.state() {
                 SessionState::Starting => {}
                 SessionState::Ready => break,
-                _ => anyhow::bail!("want the session READY, got {s:?}\n{}", logs()),
+                _ => anyhow::bail!(
+                    "want the session READY, got {s:?}\n{}",
+                    tails(&[&agent.proc])
+                ),
             },
             other => anyhow::bail!("want the session READY, got {other:?}"),
         }
@@ -1422,11 +1429,57 @@ async fn an_agent_refuses_a_deposed_leaders_commands() -> anyhow::Result<()> {
         "the container keeps running, not stopped or restarted"
     );
 
-    // The current leader's epoch (and a newer one) still get through.
+    // The current leader's epoch still gets through.
     let out = deposed
         .exec(&session_id, LEADER, &["/worker", "echo", "after"])
         .await?;
-    assert_eq!(out, Ok(("after\n".to_owned(), 0)), "{}", logs());
+    assert_eq!(
+        out,
+        Ok(("after\n".to_owned(), 0)),
+        "{}",
+        tails(&[&agent.proc])
+    );
+
+    // A restarted agent remembers the epoch (state_dir/leader-epoch) and still refuses.
+    drop(deposed);
+    agent.proc.kill();
+    agent.proc.restart()?;
+    let mut deposed = next_conn(&mut conns).await?;
+    assert_eq!(
+        deposed.hello.highest_epoch, LEADER,
+        "the fence survives kill -9 and restart"
+    );
+    deposed.welcome(DEPOSED).await?;
+    let refused_after_restart = deposed
+        .exec(&session_id, DEPOSED, &["/worker", "echo", "deposed"])
+        .await?
+        .expect_err("a restarted agent must still refuse a deposed leader's turn");
+    assert_eq!(
+        refused_after_restart.code,
+        Code::FailedPrecondition as i32,
+        "{refused_after_restart:?}"
+    );
+    assert!(
+        refused_after_restart
+            .message
+            .contains(&format!("epoch {LEADER}")),
+        "{refused_after_restart:?}"
+    );
+    assert_eq!(
+        inspect(&session_id)?,
+        container,
+        "the container survived the agent restart untouched"
+    );
+    // A newer leader is obeyed, and its epoch raises the fence.
+    let out = deposed
+        .exec(&session_id, LEADER + 1, &["/worker", "echo", "newer"])
+        .await?;
+    assert_eq!(
+        out,
+        Ok(("newer\n".to_owned(), 0)),
+        "{}",
+        tails(&[&agent.proc])
+    );
     let stop = meta(&session_id, LEADER + 1);
     deposed
         .send(broker_message::Msg::StopSession(StopSessionCommand {
@@ -1435,7 +1488,7 @@ async fn an_agent_refuses_a_deposed_leaders_commands() -> anyhow::Result<()> {
         }))
         .await?;
     let stopped = deposed.reply().await?;
-    assert!(stopped.ok, "{stopped:?}\n{}", logs());
+    assert!(stopped.ok, "{stopped:?}\n{}", tails(&[&agent.proc]));
     eventually("the container removed", Duration::from_secs(30), || async {
         Ok(inspect(&session_id).is_err().then_some(()))
     })
