@@ -321,6 +321,61 @@ mod tests {
         check_listen(&c).unwrap();
     }
 
+    /// A CA-signed broker certificate in `dir`: (cert, key, ca) paths.
+    fn certificate_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let paths = (
+            dir.join("broker.pem"),
+            dir.join("broker-key.pem"),
+            dir.join("ca.pem"),
+        );
+        std::fs::write(&paths.0, cert.pem()).unwrap();
+        std::fs::write(&paths.1, key.serialize_pem()).unwrap();
+        std::fs::write(&paths.2, ca_cert.pem()).unwrap();
+        paths
+    }
+
+    #[test]
+    fn the_key_must_belong_to_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, ca) = certificate_files(dir.path());
+        let mut tls = TlsConfig {
+            cert: Some(cert),
+            key: Some(key),
+            client_ca: Some(ca.clone()),
+        };
+        tls.validate().unwrap();
+        tls.server().unwrap();
+
+        let other = dir.path().join("other-key.pem");
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&other, other_key.serialize_pem()).unwrap();
+        tls.key = Some(other);
+        let err = tls.validate().unwrap_err();
+        assert_eq!(err.setting, "tls.key");
+        assert!(err.reason.contains("does not belong"), "{err}");
+
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let err = TlsConfig {
+            client_ca: Some(garbage),
+            ..tls.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.setting, "tls.client_ca");
+        assert!(err.reason.contains("no PEM certificate"), "{err}");
+    }
+
     #[test]
     fn partial_or_unreadable_tls_settings_name_the_setting() {
         let only_cert = TlsConfig {
