@@ -205,6 +205,11 @@ impl Tokens {
         !self.hashes.is_empty()
     }
 
+    /// How many tokens are configured.
+    pub fn count(&self) -> usize {
+        self.hashes.len()
+    }
+
     /// The caller `token` belongs to. Every stored hash is compared, in constant time,
     /// whether or not an earlier one matched.
     pub fn lookup(&self, token: &str) -> Option<&Caller> {

@@ -186,6 +186,17 @@ pub async fn run(
     // and role in each request; health and reflection stay open (probes, grpcurl list),
     // and NodeAgent is for agents, which their certificates identify.
     let tokens = Arc::new(auth::Tokens::from_config(&cluster.config.auth)?);
+    if tokens.enabled() {
+        tracing::info!(
+            tokens = tokens.count(),
+            "client authentication on: Sessions, Templates and Admin need a bearer token"
+        );
+    } else {
+        tracing::info!(
+            "client authentication off (no [[auth.tokens]]): every caller is tenant default \
+             with the admin role"
+        );
+    }
     let grpc_stop = stop.clone();
     tls::warn_if_insecure(&cluster.config);
     let server = cluster
