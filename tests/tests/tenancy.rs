@@ -751,3 +751,60 @@ async fn tenants_see_only_their_own_objects_and_admin_needs_the_admin_role() -> 
     assert_eq!(shared_b.tenant, "team-b");
     Ok(())
 }
+
+#[test]
+fn token_create_prints_the_token_alone_and_the_entry_on_stderr() -> anyhow::Result<()> {
+    let out = std::process::Command::new(binary("hearth")?)
+        .args(["token", "create", "--tenant", "team-a", "--role", "admin"])
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout)?;
+    let token = stdout.trim_end();
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "stdout is the token alone: {stdout:?}"
+    );
+    assert!(token.starts_with("hth_") && token.len() == 47, "{token:?}");
+    let stderr = String::from_utf8(out.stderr)?;
+    let entry = stderr
+        .split_once("[[auth.tokens]]")
+        .map(|(_, rest)| format!("[[auth.tokens]]{rest}"))
+        .ok_or_else(|| anyhow::anyhow!("no entry on stderr: {stderr:?}"))?;
+    assert!(!stderr.contains(token), "the entry must not hold the token");
+    // The entry is what the broker loads, and it accepts the token.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, entry)?;
+    let config = hearth_broker::config::Config::from_file(&path)?;
+    config.validate()?;
+    let tokens = hearth_broker::auth::Tokens::from_config(&config.auth)?;
+    let caller = tokens
+        .lookup(token)
+        .ok_or_else(|| anyhow::anyhow!("the broker does not accept the token"))?;
+    assert_eq!(caller.tenant, "team-a");
+    assert_eq!(caller.role, hearth_broker::auth::Role::Admin);
+    Ok(())
+}
+
+#[test]
+fn a_broker_refuses_a_bad_token_entry_and_names_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "[[auth.tokens]]\ntenant = \"team-a\"\nrole = \"user\"\nsha256 = \"not-a-hash\"\n",
+    )?;
+    let out = std::process::Command::new(binary("hearth-broker")?)
+        .arg("--config")
+        .arg(&config)
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("auth.tokens[0].sha256"),
+        "the error names the field: {stderr}"
+    );
+    Ok(())
+}
