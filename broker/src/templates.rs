@@ -7,7 +7,7 @@
 //! replaced or deleted.
 //!
 //! Keys carry the tenant (`templates/<tenant>/<name>`, `pool/<tenant>/<template>/<id>`),
-//! so two tenants may use the same name once authentication assigns real tenants.
+//! so two tenants may use the same name.
 
 use std::{
     collections::BTreeMap,
