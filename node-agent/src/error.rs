@@ -90,12 +90,24 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A TLS file could not be read when dialling the broker.
+    #[error("cannot read {setting} {}: {source}", .path.display())]
+    TlsFile {
+        /// The setting, such as `tls.cert`.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+
     /// The TCP/HTTP2 connection to a broker could not be made.
     #[error("cannot connect to broker: {0}")]
     Connect(#[source] tonic::transport::Error),
 
-    /// The broker refused or ended the stream with a gRPC status.
-    #[error("broker answered {}: {}", .0.code(), .0.message())]
+    /// The broker refused or ended the stream with a gRPC status (with the transport's
+    /// causes when the connection broke, such as a TLS alert).
+    #[error("broker answered {}: {}", .0.code(), hearth_sdk::error::describe(.0))]
     Status(tonic::Status),
 
     /// A standby broker refused the stream and named the leader.
