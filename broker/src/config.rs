@@ -40,10 +40,6 @@ pub struct Config {
     pub tls: crate::tls::TlsConfig,
     /// Allows a plaintext gRPC port on a non-loopback address (refused otherwise).
     pub insecure_listen: bool,
-    /// TLS on the gRPC port (`[tls]`: cert, key, client_ca); unset: plaintext.
-    pub tls: crate::tls::TlsConfig,
-    /// Allows a plaintext gRPC port on a non-loopback address (refused otherwise).
-    pub insecure_listen: bool,
     /// What a session may ask for: GPUs, images, capabilities.
     pub limits: crate::limits::LimitsConfig,
     /// Client tokens (`[[auth.tokens]]`); none configured: authentication is off.
@@ -118,8 +114,6 @@ impl Default for Config {
             log_json: false,
             otlp_endpoint: None,
             placement: PlacementConfig::default(),
-            tls: crate::tls::TlsConfig::default(),
-            insecure_listen: false,
             tls: crate::tls::TlsConfig::default(),
             insecure_listen: false,
             limits: crate::limits::LimitsConfig::default(),
@@ -242,8 +236,6 @@ impl Config {
         if let Some(url) = &self.otlp_endpoint {
             check_url("otlp_endpoint", url)?;
         }
-        self.tls.validate()?;
-        crate::tls::check_listen(self)?;
         self.tls.validate()?;
         crate::tls::check_listen(self)?;
         self.limits.validate()?;
@@ -414,16 +406,6 @@ impl Args {
             c.otlp_endpoint = self.otlp_endpoint;
         }
         set(&mut c.placement.strategy, self.placement_strategy);
-        if self.tls_cert.is_some() {
-            c.tls.cert = self.tls_cert;
-        }
-        if self.tls_key.is_some() {
-            c.tls.key = self.tls_key;
-        }
-        if self.tls_client_ca.is_some() {
-            c.tls.client_ca = self.tls_client_ca;
-        }
-        c.insecure_listen |= self.insecure_listen;
         if self.tls_cert.is_some() {
             c.tls.cert = self.tls_cert;
         }

@@ -71,8 +71,6 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// TLS to the broker (`[tls]`: ca, cert, key), used for `https://` broker URLs.
     pub tls: crate::tls::TlsConfig,
-    /// TLS to the broker (`[tls]`: ca, cert, key), used for `https://` broker URLs.
-    pub tls: crate::tls::TlsConfig,
     /// Limits a container gets when its spec leaves them at 0 (`[session_limits]`).
     pub session_limits: SessionLimits,
 }
@@ -165,7 +163,6 @@ impl Default for Config {
             otlp_endpoint: None,
             runtime: RuntimeKind::Docker,
             state_dir: PathBuf::from("/var/lib/hearth-agent"),
-            tls: crate::tls::TlsConfig::default(),
             tls: crate::tls::TlsConfig::default(),
             session_limits: SessionLimits::default(),
         }
@@ -311,20 +308,6 @@ pub struct Cli {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "HEARTH_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
-
-    /// PEM CA certificates the broker's certificate must chain to (https:// brokers)
-    /// [default: the system roots].
-    #[arg(long, env = "HEARTH_TLS_CA", value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
-
-    /// PEM client certificate naming this node (`hearth certs node`); with --tls-key. The
-    /// node id defaults to the name it holds.
-    #[arg(long, env = "HEARTH_TLS_CERT", value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "HEARTH_TLS_KEY", value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -430,9 +413,6 @@ impl Config {
         set(&mut self.tls.ca, tls_ca.map(Some));
         set(&mut self.tls.cert, tls_cert.map(Some));
         set(&mut self.tls.key, tls_key.map(Some));
-        set(&mut self.tls.ca, tls_ca.map(Some));
-        set(&mut self.tls.cert, tls_cert.map(Some));
-        set(&mut self.tls.key, tls_key.map(Some));
     }
 
     /// Checks every setting and reports all problems at once, each naming its setting.
@@ -514,8 +494,6 @@ impl Config {
         if i64::try_from(self.session_limits.memory).is_err() {
             bad("session_limits.memory is too large".into());
         }
-        problems.extend(self.tls.problems());
-        let mut bad = |p: String| problems.push(p);
         problems.extend(self.tls.problems());
         let mut bad = |p: String| problems.push(p);
         if !self.state_dir.is_absolute() {

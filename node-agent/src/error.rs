@@ -90,17 +90,6 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// A TLS file could not be read when dialling the broker.
-    #[error("cannot read {setting} {}: {source}", .path.display())]
-    TlsFile {
-        /// The setting, such as `tls.cert`.
-        setting: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-
     /// The TCP/HTTP2 connection to a broker could not be made.
     #[error("cannot connect to broker: {0}")]
     Connect(#[source] tonic::transport::Error),
