@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use hearth_sdk::proto::v1::{
     ExecProbe, GpuRequest, HttpProbe, IdleAction, PlacementSpec, PlacementStrategy, PortSpec,
-    ReadinessProbe, Resources, SessionSpec, readiness_probe::Check,
+    ReadinessProbe, Resources, SecuritySpec, SessionSpec, readiness_probe::Check,
 };
 
 use crate::parse;
@@ -118,6 +118,11 @@ pub struct SpecArgs {
     /// A node taint this session tolerates, by key (repeatable).
     #[arg(long = "toleration", value_name = "KEY", help_heading = "Placement")]
     pub tolerations: Vec<String>,
+
+    /// A Linux capability to keep, such as SYS_PTRACE (repeatable). Containers drop every
+    /// capability; the broker allows adding one back per tenant (limits.tenant_capabilities).
+    #[arg(long = "cap-add", value_name = "CAP", help_heading = "Security")]
+    pub cap_add: Vec<String>,
 }
 
 impl SpecArgs {
@@ -148,6 +153,7 @@ impl SpecArgs {
         note(self.strategy.is_some(), "--strategy");
         note(!self.node_selector.is_empty(), "--node-selector");
         note(!self.tolerations.is_empty(), "--toleration");
+        note(!self.cap_add.is_empty(), "--cap-add");
         given
     }
 
@@ -255,6 +261,11 @@ impl SpecArgs {
                 placement.tolerations = self.tolerations.clone();
             }
         }
+        if !self.cap_add.is_empty() {
+            spec.security
+                .get_or_insert_with(SecuritySpec::default)
+                .add_capabilities = self.cap_add.clone();
+        }
     }
 }
 
@@ -312,6 +323,8 @@ mod tests {
             "zone=a",
             "--toleration",
             "gpu-only",
+            "--cap-add",
+            "SYS_PTRACE",
             "--",
             "/worker",
             "serve",
@@ -351,6 +364,7 @@ mod tests {
         assert_eq!(placement.strategy(), PlacementStrategy::Spread);
         assert_eq!(placement.node_selector["zone"], "a");
         assert_eq!(placement.tolerations, ["gpu-only"]);
+        assert_eq!(spec.security.unwrap().add_capabilities, ["SYS_PTRACE"]);
     }
 
     #[test]
