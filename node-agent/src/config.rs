@@ -494,7 +494,7 @@ impl Config {
         if i64::try_from(self.session_limits.memory).is_err() {
             bad("session_limits.memory is too large".into());
         }
-        problems.extend(self.tls.problems());
+        problems.extend(self.tls.problems(&self.broker));
         let mut bad = |p: String| problems.push(p);
         if !self.state_dir.is_absolute() {
             bad(format!(

@@ -27,9 +27,17 @@ pub struct TlsConfig {
 
 impl TlsConfig {
     /// Problems with these settings, each naming its setting: `cert` and `key` come
-    /// together, and every file given is readable PEM.
-    pub fn problems(&self) -> Vec<String> {
+    /// together, every file given is readable PEM, and with TLS configured no broker is
+    /// dialled in plaintext.
+    pub fn problems(&self, brokers: &[String]) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.ca.is_some() || self.cert.is_some() {
+            for url in brokers.iter().filter(|u| u.starts_with("http://")) {
+                problems.push(format!(
+                    "broker URL {url:?} is plaintext, but [tls] is configured; use https://"
+                ));
+            }
+        }
         if self.cert.is_some() != self.key.is_some() {
             problems.push(
                 "tls.cert and tls.key must be set together (--tls-cert, --tls-key)".to_owned(),
@@ -69,8 +77,8 @@ impl TlsConfig {
         })
     }
 
-    /// Applies TLS to a broker endpoint: for an `https://` URL, or whenever a CA or a
-    /// client certificate is configured.
+    /// Applies TLS to the endpoint of an `https://` broker URL (validation refuses
+    /// `http://` ones when TLS is configured).
     pub fn apply(&self, url: &str, endpoint: Endpoint) -> Result<Endpoint, Error> {
         if !url.starts_with("https://") {
             return Ok(endpoint);
@@ -120,13 +128,24 @@ mod tests {
             cert: Some("/nonexistent/node.pem".into()),
             ..TlsConfig::default()
         };
-        let problems = tls.problems().join("; ");
+        let problems = tls.problems(&["https://b:7700".to_owned()]).join("; ");
         assert!(problems.contains("tls.cert and tls.key"), "{problems}");
         assert!(
             problems.contains("tls.cert: cannot read /nonexistent/node.pem"),
             "{problems}"
         );
-        assert!(TlsConfig::default().problems().is_empty());
+        assert!(
+            TlsConfig::default()
+                .problems(&["http://b:7700".to_owned()])
+                .is_empty()
+        );
+        let plaintext = TlsConfig {
+            ca: Some("/nonexistent/ca.pem".into()),
+            ..TlsConfig::default()
+        }
+        .problems(&["http://b:7700".to_owned()])
+        .join("; ");
+        assert!(plaintext.contains("use https://"), "{plaintext}");
         assert_eq!(tls.node_id(), None);
     }
 }

@@ -257,7 +257,7 @@ async fn the_right_certificate_registers_and_serves_a_session() -> anyhow::Resul
 
     // With a certificate and no --node-id, the agent takes its node id from it.
     let printed = Command::new(binary("hearth-agent")?)
-        .args(["--print-config", "--simulate-gpus", "1"])
+        .args(["--print-config", "--simulate-gpus", "1", "--broker", &https])
         .args(&flags)
         .env_remove("HEARTH_NODE_ID")
         .output()?;
