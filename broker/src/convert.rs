@@ -1297,13 +1297,8 @@ mod limit_tests {
     /// Labels on a session: count, key and value sizes.
     #[test]
     fn label_limits() {
-        let cases: Vec<(
-            &str,
-            fn(usize) -> HashMap<String, String>,
-            usize,
-            &str,
-            &str,
-        )> = vec![
+        type Make = fn(usize) -> HashMap<String, String>;
+        let cases: Vec<(&str, Make, usize, &str, &str)> = vec![
             ("label entries", map, MAX_LABELS, "labels", "at most 64"),
             (
                 "label key size",

@@ -210,8 +210,11 @@ prop_compose! {
     }
 }
 
+/// Breaks one field of a spec.
+type Breaker = fn(&mut SessionSpec);
+
 /// Ways to break a valid spec, each with the field its error must name.
-fn spec_breakers() -> Vec<(&'static str, fn(&mut SessionSpec))> {
+fn spec_breakers() -> Vec<(&'static str, Breaker)> {
     vec![
         ("spec.image", |s| s.image.clear()),
         ("spec.image", |s| {
