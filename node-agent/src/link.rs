@@ -4,7 +4,7 @@
 //! within `hello_timeout`, then send telemetry every interval while answering the broker's
 //! commands. When the stream fails or ends, the reason is logged and the link sleeps a
 //! full-jitter backoff before the next attempt; the backoff starts over after any stream that
-//! reached `Welcome`.
+//! reached `Welcome`, and after any standby's refusal (the election is nearly over).
 //!
 //! Broker choice: round-robin over the configured URLs, except that a standby's refusal
 //! (`UNAVAILABLE` with `hearth-leader: <url>` metadata) makes the leader the next one dialled.
@@ -124,6 +124,11 @@ impl Link {
                 backoff.reset();
             }
             if let Error::NotLeader { leader } = &reason {
+                // A standby answered, so the brokers are up and an election is at most a
+                // lease away: poll at the short end instead of backing off towards the
+                // maximum, which would leave this node without a leader for up to that long
+                // after the election ends.
+                backoff.reset();
                 brokers.prefer(leader.clone());
             }
             let delay = backoff.next_delay();
