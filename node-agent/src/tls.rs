@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rustls::pki_types::{PrivateKeyDer, pem::PemObject as _};
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use x509_parser::{extensions::GeneralName, pem::Pem};
@@ -53,6 +54,11 @@ impl TlsConfig {
             {
                 problems.push(format!("{setting}: {why}"));
             }
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key)
+            && let Err(why) = key_matches(cert, key)
+        {
+            problems.push(why);
         }
         problems
     }
@@ -107,6 +113,36 @@ fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// Whether the key in `key` belongs to the certificate in `cert` (unreadable files are
+/// reported on their own).
+fn key_matches(cert: &Path, key: &Path) -> Result<(), String> {
+    let (Ok(cert_pem), Ok(key_pem)) = (read_pem(cert), std::fs::read(key)) else {
+        return Ok(());
+    };
+    let cert_x509 = cert_pem.parse_x509().map_err(|e| {
+        format!(
+            "tls.cert: {} is not an X.509 certificate: {e}",
+            cert.display()
+        )
+    })?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("tls.key: {}: no usable private key: {e}", key.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&private)
+        .map_err(|e| format!("tls.key: {}: unsupported private key: {e}", key.display()))?;
+    let matches = signing
+        .public_key()
+        .is_some_and(|spki| spki.as_ref() == cert_x509.public_key().raw);
+    if matches {
+        Ok(())
+    } else {
+        Err(format!(
+            "tls.key: {} does not belong to the certificate in tls.cert ({})",
+            key.display(),
+            cert.display()
+        ))
+    }
 }
 
 fn read_pem(path: &Path) -> Result<Pem, String> {

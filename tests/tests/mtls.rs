@@ -266,6 +266,18 @@ async fn the_right_certificate_registers_and_serves_a_session() -> anyhow::Resul
         printed.contains("node_id = \"gpu-1\""),
         "node id from the certificate:\n{printed}"
     );
+    // A key that does not belong to the certificate stops the agent, naming tls.key.
+    let mismatched = Command::new(binary("hearth-agent")?)
+        .args(["--print-config", "--simulate-gpus", "1", "--broker", &https])
+        .args(["--tls-ca", &ca, "--tls-cert", &pki.file("node-gpu-1.pem")])
+        .args(["--tls-key", &pki.file("broker-key.pem")])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&mismatched.stderr);
+    assert!(!mismatched.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("tls.key") && stderr.contains("does not belong"),
+        "{stderr}"
+    );
     Ok(())
 }
 
