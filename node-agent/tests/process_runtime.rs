@@ -430,3 +430,26 @@ async fn bad_requests_are_named() {
     ));
     rt.stop("s7", Duration::from_secs(5)).await.unwrap();
 }
+
+/// `NoNewPrivs` of a process, from `/proc/<pid>/status`.
+fn no_new_privs(status: &str) -> Option<&str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NoNewPrivs:"))
+        .map(str::trim)
+}
+
+#[tokio::test]
+async fn workloads_and_execs_run_with_no_new_privs() {
+    let dir = StateDir::new();
+    let rt = runtime(&dir);
+    let workload = rt.start(&worker_session("nnp", &dir, &[])).await.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", workload.id)).unwrap();
+    assert_eq!(no_new_privs(&status), Some("1"), "the workload");
+    let (out, _, code) = exec(&rt, "nnp", &["sh", "-c", "cat /proc/self/status"], b"")
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(no_new_privs(&out), Some("1"), "an exec");
+    rt.stop("nnp", Duration::from_secs(2)).await.unwrap();
+}
