@@ -14,8 +14,9 @@
 use std::{process::Command, time::Duration};
 
 use hearth_sdk::proto::v1::{
-    CreateSessionRequest, DeleteSessionRequest, ExecRequest, GpuRequest, NodeState, SecuritySpec,
-    Session, SessionSpec, create_session_request, sessions_client::SessionsClient,
+    CreateSessionRequest, CreateTemplateRequest, DeleteSessionRequest, ExecRequest, GpuRequest,
+    NodeState, SecuritySpec, Session, SessionSpec, Template, create_session_request,
+    sessions_client::SessionsClient, templates_client::TemplatesClient,
 };
 use hearth_tests::{
     api, eventually, images,
@@ -266,6 +267,27 @@ async fn containers_are_hardened_and_limits_are_enforced() -> anyhow::Result<()>
             "2 is more than the limit 1",
             "limits.max_gpus_per_session",
         ],
+    );
+
+    // Templates are held to the same limits, named under `template.`.
+    let mut spec = f.spec();
+    spec.image = "evil:latest".into();
+    let status = TemplatesClient::new(api::channel(&f.broker.url))
+        .create_template(CreateTemplateRequest {
+            template: Some(Template {
+                name: "evil".into(),
+                spec: Some(spec),
+                warm_pool: 1,
+                ..Template::default()
+            }),
+        })
+        .await
+        .expect_err("a template with a disallowed image");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("template.spec.image")
+            && status.message().contains("limits.images"),
+        "{status:?}"
     );
 
     // A field over its limit, inside the message limit: the field and the limit are named.
