@@ -157,7 +157,9 @@ async fn open_runtime(config: &Config) -> Result<Arc<dyn runtime::Runtime>, Erro
         }
         RuntimeKind::Docker => match runtime::docker::DockerRuntime::connect().await {
             Ok(docker) => Ok(Arc::new(
-                docker.with_limits(config.session_limits.resolve(&host::capacity())),
+                docker
+                    .with_limits(config.session_limits.resolve(&host::capacity()))
+                    .for_node(config.node_id.clone()),
             )),
             Err(source) => Err(Error::DockerUnavailable {
                 host: std::env::var("DOCKER_HOST")

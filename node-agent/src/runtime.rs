@@ -26,6 +26,9 @@ pub const LABEL_GENERATION: &str = "hearth.generation";
 pub const LABEL_EPOCH: &str = "hearth.epoch";
 /// Label naming the session's tenant.
 pub const LABEL_TENANT: &str = "hearth.tenant";
+/// Label naming the node whose agent started the workload: an agent lists and re-adopts
+/// only its own, so agents sharing one engine never claim each other's containers.
+pub const LABEL_NODE: &str = "hearth.node";
 
 /// Everything needed to start one session's workload.
 #[derive(Clone, Debug, PartialEq)]

@@ -706,13 +706,30 @@ async fn stop_delivers_sigterm_to_a_workload_without_a_handler() {
 #[tokio::test]
 async fn a_restarted_agent_re_adopts_running_sessions() {
     let Some(rt) = runtime().await else { return };
+    let node = format!("node-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let rt = rt.for_node(&node);
     let session = Session::new();
     let started = rt.start(&worker_request(&session, 3)).await.expect("start");
     let addr = wait_ready(&rt, &session).await;
     assert_eq!(incr(addr).await, 1);
 
+    // Another node's agent on the same engine neither lists nor adopts it.
+    let other = DockerRuntime::connect()
+        .await
+        .unwrap()
+        .for_node("some-other-node");
+    assert!(
+        !other
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .any(|w| w.session_id == session.id()),
+        "another node's agent must not claim this container"
+    );
+
     // A new runtime instance, as after an agent restart: it knows nothing in memory.
-    let fresh = DockerRuntime::connect().await.unwrap();
+    let fresh = DockerRuntime::connect().await.unwrap().for_node(&node);
     let found = fresh
         .list()
         .await

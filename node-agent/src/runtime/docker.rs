@@ -46,8 +46,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SessionLimits;
 
 use super::{
-    ExecOutput, ExecSpec, LABEL_EPOCH, LABEL_GENERATION, LABEL_SESSION, LABEL_TENANT, Runtime,
-    RuntimeError, StartRequest, Workload, WorkloadState,
+    ExecOutput, ExecSpec, LABEL_EPOCH, LABEL_GENERATION, LABEL_NODE, LABEL_SESSION, LABEL_TENANT,
+    Runtime, RuntimeError, StartRequest, Workload, WorkloadState,
 };
 
 /// Pids limit for a session whose spec sets none, unless `session_limits.pids_limit`
@@ -78,6 +78,9 @@ pub struct DockerRuntime {
     docker: Docker,
     addresses: Mutex<HashMap<String, CachedAddress>>,
     limits: SessionLimits,
+    /// The node whose containers these are (`hearth.node`); `None` means every Hearth
+    /// container on the engine.
+    node: Option<String>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -139,7 +142,15 @@ impl DockerRuntime {
             docker,
             addresses: Mutex::new(HashMap::new()),
             limits,
+            node: None,
         })
+    }
+
+    /// Labels new containers with `node` and lists only containers so labelled, so that
+    /// agents of several nodes (or clusters) sharing one engine keep to their own.
+    pub fn for_node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
     }
 
     /// Uses `limits` (resolved: no zeros) for sessions whose spec leaves a limit at 0,
@@ -507,7 +518,10 @@ impl Runtime for DockerRuntime {
 
     async fn start(&self, request: &StartRequest) -> Result<Workload, RuntimeError> {
         let session_id = request.session_id.as_str();
-        let body = container_body(request, &self.limits)?;
+        let mut body = container_body(request, &self.limits)?;
+        if let (Some(node), Some(labels)) = (&self.node, body.labels.as_mut()) {
+            labels.insert(LABEL_NODE.to_string(), node.clone());
+        }
         self.ensure_image(&request.spec.image).await?;
         self.remove(session_id).await?;
 
@@ -789,7 +803,10 @@ impl Runtime for DockerRuntime {
             all: true,
             filters: Some(HashMap::from([(
                 "label".to_string(),
-                vec![LABEL_SESSION.to_string()],
+                match &self.node {
+                    Some(node) => vec![LABEL_SESSION.to_string(), format!("{LABEL_NODE}={node}")],
+                    None => vec![LABEL_SESSION.to_string()],
+                },
             )])),
             ..Default::default()
         };
