@@ -18,7 +18,7 @@ use crate::{
     nodes::Nodes,
     pools::Pools,
     sessions::Sessions,
-    store::{LeaderInfo, Leadership, Store},
+    store::{CLUSTER_KEY, Compare, LeaderInfo, Leadership, Store, Txn},
     templates::Templates,
     turns::Turns,
 };
@@ -38,6 +38,8 @@ pub enum Role {
 pub struct LeaderState {
     /// The leader key's create revision.
     pub epoch: i64,
+    /// The cluster's identity (see [`Cluster::cluster_id`]), sent to agents with the epoch.
+    pub cluster_id: String,
     /// When this broker became leader (wall clock, for display).
     pub since: SystemTime,
     /// The same moment on the monotonic clock, for grace periods.
@@ -153,11 +155,37 @@ impl Cluster {
         }
     }
 
+    /// The cluster's identity: read from the store, or created by the first leader of an
+    /// empty store (only if still absent, so two first leaders agree). Agents key their
+    /// epoch fence by it, so a wiped store's epochs starting over are not mistaken for a
+    /// deposed leader.
+    async fn cluster_id(&self, epoch: i64) -> Result<String> {
+        let read = |value: &[u8]| String::from_utf8_lossy(value).into_owned();
+        if let Some(kv) = self.store.get(CLUSTER_KEY).await? {
+            return Ok(read(&kv.value));
+        }
+        let id = ulid::Ulid::new().to_string();
+        let txn = Txn::fenced(epoch)
+            .when(Compare::Absent(CLUSTER_KEY.to_owned()))
+            .put(CLUSTER_KEY, id.clone().into_bytes());
+        if self.store.txn(txn).await?.succeeded {
+            tracing::info!(cluster_id = id, "new store: created the cluster's identity");
+            return Ok(id);
+        }
+        // Someone wrote it first, or this broker no longer leads (then taking over fails
+        // on the next fenced write anyway).
+        match self.store.get(CLUSTER_KEY).await? {
+            Some(kv) => Ok(read(&kv.value)),
+            None => Err(Error::Deposed),
+        }
+    }
+
     /// Takes up leadership: loads nodes, sessions (with their warm-pool memberships) and
     /// templates from the store, then starts acting as leader.
     pub async fn become_leader(&self, leadership: &Leadership) -> Result<()> {
         let state = LeaderState {
             epoch: leadership.epoch,
+            cluster_id: self.cluster_id(leadership.epoch).await?,
             since: SystemTime::now(),
             since_instant: Instant::now(),
             lost: leadership.lost.clone(),

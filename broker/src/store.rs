@@ -26,6 +26,8 @@ pub use etcd::EtcdStore;
 
 /// The key that the leader holds (relative to the prefix).
 pub const LEADER_KEY: &str = "leader";
+/// Key holding the cluster's identity (a ULID), written once by the first leader.
+pub const CLUSTER_KEY: &str = "cluster";
 
 /// A key with its value and revisions.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -252,15 +252,22 @@ impl Link {
 
     /// Takes in a `Welcome`: records its epoch and returns the telemetry interval to use.
     fn accept_welcome(&mut self, url: &str, welcome: &Welcome) -> Duration {
-        if self.fence.admit(welcome.epoch).is_err() {
-            // Not a reason to hang up: the broker may still be the leader of a store whose
-            // epochs went backwards. Its commands are refused until its epoch catches up.
-            tracing::warn!(
+        match self.fence.welcome(welcome.epoch, &welcome.cluster_id) {
+            Ok(false) => {}
+            Ok(true) => tracing::warn!(
                 broker = %url,
                 epoch = welcome.epoch,
-                highest_epoch = self.fence.highest(),
+                cluster_id = %welcome.cluster_id,
+                "broker belongs to another cluster (its store is new or was wiped); the epoch fence starts over"
+            ),
+            // Not a reason to hang up: a deposed leader soon hands the node to the new one.
+            // Its commands are refused meanwhile.
+            Err(highest) => tracing::warn!(
+                broker = %url,
+                epoch = welcome.epoch,
+                highest_epoch = highest,
                 "broker's epoch is lower than one already seen; its commands will be refused"
-            );
+            ),
         }
         self.metrics.highest_epoch.set(self.fence.highest());
         let interval = telemetry_interval(welcome, self.config.telemetry_interval);
@@ -499,24 +506,37 @@ pub const EPOCH_FILE: &str = "leader-epoch";
 
 /// The highest leader epoch seen; lower epochs are refused. Loaded from and persisted to
 /// a file, so the fence survives an agent restart.
+///
+/// Epochs count within one cluster (one store). The fence remembers the cluster id that
+/// the brokers send in `Welcome`: a different one means the store is new or was wiped and
+/// its epochs start over, so the fence starts over too instead of refusing every command
+/// of the new cluster for good. A deposed leader of the same cluster sends the same id and
+/// stays fenced.
 #[derive(Debug, Default)]
 pub struct EpochFence {
     highest: i64,
-    /// Where `highest` is kept; `None`: in memory only.
+    /// The cluster `highest` belongs to; empty until a broker names one.
+    cluster: String,
+    /// Where the fence is kept; `None`: in memory only.
     path: Option<PathBuf>,
 }
 
 impl EpochFence {
-    /// The fence kept at `path`, starting from the epoch stored there (0 while the file
-    /// does not exist). A file that cannot be read or parsed is an error rather than a
-    /// silent 0, which would re-admit a deposed leader.
+    /// The fence kept at `path` (`<epoch> [<cluster id>]`), starting from what is stored
+    /// there (0 while the file does not exist). A file that cannot be read or parsed is an
+    /// error rather than a silent 0, which would re-admit a deposed leader.
     pub fn load(path: PathBuf) -> Result<Self, Error> {
-        let highest = match std::fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse::<i64>().map_err(|e| Error::EpochFile {
-                path: path.clone(),
-                reason: format!("not an epoch ({e}); remove the file if the store was wiped"),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        let (highest, cluster) = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let mut fields = text.split_whitespace();
+                let epoch = fields.next().unwrap_or_default();
+                let highest = epoch.parse::<i64>().map_err(|e| Error::EpochFile {
+                    path: path.clone(),
+                    reason: format!("{epoch:?} is not an epoch ({e})"),
+                })?;
+                (highest, fields.next().unwrap_or_default().to_owned())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, String::new()),
             Err(e) => {
                 return Err(Error::EpochFile {
                     path,
@@ -526,6 +546,7 @@ impl EpochFence {
         };
         Ok(Self {
             highest,
+            cluster,
             path: Some(path),
         })
     }
@@ -533,6 +554,26 @@ impl EpochFence {
     /// The highest epoch admitted so far (0 before any).
     pub fn highest(&self) -> i64 {
         self.highest
+    }
+
+    /// Takes in a leader's `Welcome`: a cluster id other than the remembered one starts the
+    /// fence over at `epoch` (returning true); otherwise the epoch is admitted as by
+    /// [`admit`](Self::admit). An empty id says nothing about the cluster.
+    pub fn welcome(&mut self, epoch: i64, cluster: &str) -> Result<bool, i64> {
+        if cluster.is_empty() || cluster == self.cluster {
+            return self.admit(epoch).map(|()| false);
+        }
+        let other_cluster = !self.cluster.is_empty();
+        if other_cluster || epoch >= self.highest {
+            self.cluster = cluster.to_owned();
+            self.highest = epoch;
+        } else {
+            // First id ever heard (an older file without one), from a broker behind the
+            // fence: keep the fence and learn the id only once an epoch is admitted.
+            return Err(self.highest);
+        }
+        self.persist();
+        Ok(other_cluster)
     }
 
     /// Admits `epoch` if it is not lower than the highest seen (raising that, and
@@ -548,13 +589,14 @@ impl EpochFence {
         Ok(())
     }
 
-    /// Writes the epoch; a failure is logged and the fence still holds in memory (the
+    /// Writes the fence; a failure is logged and the fence still holds in memory (the
     /// epoch only rises, so the next rise tries again).
     fn persist(&self) {
         let Some(path) = &self.path else {
             return;
         };
-        if let Err(e) = write_atomically(path, format!("{}\n", self.highest).as_bytes()) {
+        let contents = format!("{} {}", self.highest, self.cluster);
+        if let Err(e) = write_atomically(path, format!("{}\n", contents.trim_end()).as_bytes()) {
             tracing::warn!(
                 path = %path.display(),
                 epoch = self.highest,
@@ -612,6 +654,11 @@ mod tests {
         );
         assert_eq!(restarted.admit(9), Ok(()));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "9\n");
+        assert_eq!(restarted.welcome(9, "C1"), Ok(false), "the first id heard");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "9 C1\n");
+        drop(restarted);
+        let mut again = EpochFence::load(path.clone()).unwrap();
+        assert_eq!(again.welcome(8, "C1"), Err(9), "same cluster, older leader");
         assert!(
             !path.with_extension("tmp").exists(),
             "the temporary file was renamed into place"
@@ -619,6 +666,30 @@ mod tests {
         std::fs::write(&path, "garbage").unwrap();
         let err = EpochFence::load(path).unwrap_err().to_string();
         assert!(err.contains(EPOCH_FILE), "{err}");
+    }
+
+    #[test]
+    fn another_cluster_starts_the_fence_over() {
+        let mut fence = EpochFence::default();
+        assert_eq!(fence.welcome(40, "C1"), Ok(false));
+        assert_eq!(fence.welcome(12, "C1"), Err(40), "a deposed leader of C1");
+        assert_eq!(fence.admit(12), Err(40));
+        assert_eq!(
+            fence.welcome(3, "C2"),
+            Ok(true),
+            "a wiped store: new cluster"
+        );
+        assert_eq!((fence.highest(), fence.admit(3)), (3, Ok(())));
+        assert_eq!(fence.welcome(2, "C2"), Err(3));
+        assert_eq!(fence.welcome(2, ""), Err(3), "no id: epochs alone decide");
+        // A fence from before cluster ids: an older broker behind it cannot teach an id.
+        let mut old = EpochFence {
+            highest: 10,
+            ..EpochFence::default()
+        };
+        assert_eq!(old.welcome(7, "C1"), Err(10));
+        assert_eq!(old.welcome(11, "C1"), Ok(false));
+        assert_eq!(old.welcome(7, "C1"), Err(11));
     }
 
     #[test]

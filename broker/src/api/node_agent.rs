@@ -107,6 +107,7 @@ impl NodeAgent for NodeAgentService {
         let welcome = BrokerMessage {
             msg: Some(broker_message::Msg::Welcome(Welcome {
                 epoch: leader.epoch,
+                cluster_id: leader.cluster_id.clone(),
                 broker_id: self.cluster.broker_id.clone(),
                 telemetry_interval: Some(hearth_sdk::time::duration(
                     self.cluster.config.liveness.telemetry_interval,

@@ -55,6 +55,7 @@ impl Conn {
             broker_id: "fake-broker".into(),
             telemetry_interval: Some(hearth_sdk::time::duration(telemetry_interval)),
             suspect_after: None,
+            cluster_id: String::new(),
         }))
         .await;
     }

@@ -139,16 +139,18 @@ class BrokerMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start_session: _Optional[_Union[StartSessionCommand, _Mapping]] = ..., stop_session: _Optional[_Union[StopSessionCommand, _Mapping]] = ..., pause_session: _Optional[_Union[PauseSessionCommand, _Mapping]] = ..., resume_session: _Optional[_Union[ResumeSessionCommand, _Mapping]] = ..., exec: _Optional[_Union[ExecCommand, _Mapping]] = ..., invoke: _Optional[_Union[InvokeCommand, _Mapping]] = ..., cancel_turn: _Optional[_Union[CancelTurn, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("epoch", "broker_id", "telemetry_interval", "suspect_after")
+    __slots__ = ("epoch", "broker_id", "telemetry_interval", "suspect_after", "cluster_id")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     SUSPECT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     broker_id: str
     telemetry_interval: _duration_pb2.Duration
     suspect_after: _duration_pb2.Duration
-    def __init__(self, epoch: _Optional[int] = ..., broker_id: _Optional[str] = ..., telemetry_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., suspect_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, epoch: _Optional[int] = ..., broker_id: _Optional[str] = ..., telemetry_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., suspect_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class CommandMeta(_message.Message):
     __slots__ = ("command_id", "epoch", "session_id", "generation")
