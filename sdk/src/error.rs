@@ -60,8 +60,46 @@ impl Error {
     }
 
     pub(crate) fn rpc(rpc: &'static str) -> impl FnOnce(tonic::Status) -> Self {
-        move |status| Error::Rpc { rpc, status }
+        move |status| Error::Rpc {
+            rpc,
+            status: transport_as_unavailable(status),
+        }
     }
+}
+
+/// The status an application should act on. tonic reports a connection that broke under
+/// a call (the broker died, the network dropped) as UNKNOWN "transport error" or CANCELLED
+/// "connection was not ready", although gRPC's code for "could not reach the server" is
+/// UNAVAILABLE. Such a status (made on this side, with a connection failure among its
+/// causes; the broker never sends one) becomes UNAVAILABLE, saying the connection was lost
+/// and why. Any other status, the call's own deadline included, is returned as it is.
+pub fn transport_as_unavailable(status: tonic::Status) -> tonic::Status {
+    if !matches!(status.code(), Code::Unknown | Code::Cancelled) || !connection_failed(&status) {
+        return status;
+    }
+    tonic::Status::unavailable(format!(
+        "the connection to the broker was lost during the call (a turn may or may not have run): {}",
+        describe(&status)
+    ))
+}
+
+/// True when a turn that failed with `status` certainly did not run, so sending it again
+/// cannot run it twice: the broker said so (`hearth-not-run` metadata), or the request
+/// never left this process (no connection could be made, or it closed first).
+pub fn certainly_not_run(status: &tonic::Status) -> bool {
+    status.metadata().contains_key(crate::NOT_RUN_METADATA_KEY) || crate::retry::never_sent(status)
+}
+
+/// True when a connection failure (an I/O or HTTP/2 connection error) is among the causes.
+pub(crate) fn connection_failed(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<std::io::Error>() || e.is::<hyper::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The status message, plus its causes when the transport made it up.
@@ -93,3 +131,41 @@ fn with_causes(mut out: String, mut source: Option<&(dyn std::error::Error + 'st
 
 /// Result with the client's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_connection_is_unavailable_and_says_why() {
+        let mut broken = tonic::Status::unknown("transport error");
+        broken.set_source(std::sync::Arc::new(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "stream closed because of a broken pipe",
+        )));
+        let s = transport_as_unavailable(broken);
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(
+            s.message().contains("connection to the broker was lost"),
+            "{s:?}"
+        );
+        assert!(s.message().contains("broken pipe"), "{s:?}");
+        // What the broker or the workload said stays as it was.
+        let own = tonic::Status::unknown("worker said no");
+        assert_eq!(transport_as_unavailable(own.clone()).code(), Code::Unknown);
+        let mut not_ready = tonic::Status::cancelled("operation was canceled");
+        not_ready.set_source(std::sync::Arc::new(std::io::Error::other(
+            "connection reset",
+        )));
+        assert_eq!(
+            transport_as_unavailable(not_ready).code(),
+            Code::Unavailable
+        );
+        // The call's own deadline is not a lost connection.
+        let mut expired = tonic::Status::cancelled("Timeout expired");
+        expired.set_source(std::sync::Arc::new(std::fmt::Error));
+        assert_eq!(transport_as_unavailable(expired).code(), Code::Cancelled);
+        let refused = tonic::Status::unavailable("standby");
+        assert_eq!(transport_as_unavailable(refused).message(), "standby");
+    }
+}

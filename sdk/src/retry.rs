@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tonic::{Code, Status};
 
-use crate::{LEADER_METADATA_KEY, NOT_RUN_METADATA_KEY};
+use crate::LEADER_METADATA_KEY;
 
 /// How a [`crate::Client`] retries calls that fail with `UNAVAILABLE` (or whose
 /// connection broke under them).
@@ -70,10 +70,10 @@ pub(crate) enum Kind {
 pub(crate) fn retryable(kind: Kind, status: &Status) -> bool {
     match (kind, status.code()) {
         (Kind::Unary, Code::Unavailable) => true,
-        // tonic reports a connection that broke under a call as UNKNOWN.
-        (Kind::Unary, Code::Unknown) => std::error::Error::source(status).is_some(),
-        (Kind::Turn, Code::Unavailable | Code::Unknown) => {
-            status.metadata().contains_key(NOT_RUN_METADATA_KEY) || never_sent(status)
+        // tonic reports a connection that broke under a call as UNKNOWN or CANCELLED.
+        (Kind::Unary, Code::Unknown | Code::Cancelled) => crate::error::connection_failed(status),
+        (Kind::Turn, Code::Unavailable | Code::Unknown | Code::Cancelled) => {
+            crate::error::certainly_not_run(status)
         }
         _ => false,
     }
@@ -91,7 +91,7 @@ pub(crate) fn leader(status: &Status) -> Option<String> {
 
 /// True when the transport failed before the request left this process: no connection
 /// could be made, or the connection closed while the request still waited to be sent.
-fn never_sent(status: &Status) -> bool {
+pub(crate) fn never_sent(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
@@ -117,6 +117,7 @@ fn never_sent(status: &Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::NOT_RUN_METADATA_KEY;
 
     #[test]
     fn backoff_grows_to_the_cap_and_stays_under_it() {

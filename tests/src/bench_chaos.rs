@@ -54,7 +54,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use etcd_client::GetOptions;
 use hearth_sdk::{
-    LEADER_METADATA_KEY, NOT_RUN_METADATA_KEY,
+    LEADER_METADATA_KEY,
     proto::v1::{
         CreateSessionRequest, DeleteSessionRequest, ExecRequest, GpuRequest, IdleAction,
         InvokeRequest, ListNodesRequest, NodeState, PlacementSpec, Session, SessionState,
@@ -651,8 +651,8 @@ impl Brokers {
                 Ok(v) => return Ok(v),
                 Err(s) => s,
             };
-            let retryable = status.code() == Code::Unavailable
-                || (status.code() == Code::Unknown && std::error::Error::source(&status).is_some());
+            let status = hearth_sdk::error::transport_as_unavailable(status);
+            let retryable = status.code() == Code::Unavailable;
             if !retryable || started.elapsed() > budget {
                 return Err(status);
             }
@@ -661,27 +661,6 @@ impl Brokers {
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
-}
-
-/// True when the turn certainly did not run: the broker said so, or no connection could
-/// be made.
-fn not_run(status: &Status) -> bool {
-    if status.metadata().contains_key(NOT_RUN_METADATA_KEY) {
-        return true;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
-            )
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 // ---------------------------------------------------------------------------------------
@@ -794,7 +773,12 @@ async fn turn(brokers: &Brokers, session: &SessionRef, kind: TurnKind) -> (Outco
                 Ok(Err(reason)) => return Outcome::Failed(reason),
                 Err(status) => {
                     brokers.after_error(used, &status);
-                    if !not_run(&status) || started.elapsed() + backoff >= TURN_DEADLINE {
+                    if !hearth_sdk::error::certainly_not_run(&status)
+                        || started.elapsed() + backoff >= TURN_DEADLINE
+                    {
+                        // Counted by the code the SDK would report (a connection that
+                        // broke under the call is UNAVAILABLE, not tonic's UNKNOWN).
+                        let status = hearth_sdk::error::transport_as_unavailable(status);
                         return Outcome::Failed(format!("{:?}", status.code()));
                     }
                     retries += 1;

@@ -272,6 +272,8 @@ async fn refused_turn(
 }
 
 fn check_refusal(status: &Status, took: Duration, what: &str) -> anyhow::Result<()> {
+    // As the SDK reports it: a connection that broke under the call is UNAVAILABLE.
+    let status = &hearth_sdk::error::transport_as_unavailable(status.clone());
     anyhow::ensure!(
         status.code() == Code::Unavailable,
         "{what}: want UNAVAILABLE, got {status:?}"
@@ -1291,6 +1293,7 @@ impl Conn {
             broker_id: format!("scripted-leader-epoch-{epoch}"),
             telemetry_interval: Some(hearth_sdk::time::duration(Duration::from_millis(500))),
             suspect_after: None,
+            cluster_id: String::new(),
         }))
         .await
     }
