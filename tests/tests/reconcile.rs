@@ -246,6 +246,8 @@ async fn a_workload_of_an_unknown_session_is_stopped_after_the_grace() -> anyhow
             "hearth.epoch=1",
         ])
         .args(["--label", "hearth.tenant=default"])
+        // On the node whose agent starts below (agents keep to their own node's).
+        .args(["--label", "hearth.node=orphan-node"])
         .arg(image)
         .stdout(Stdio::null())
         .status()?;
