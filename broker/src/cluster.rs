@@ -38,7 +38,7 @@ pub enum Role {
 pub struct LeaderState {
     /// The leader key's create revision.
     pub epoch: i64,
-    /// The cluster's identity (see [`Cluster::cluster_id`]), sent to agents with the epoch.
+    /// The cluster's identity (a ULID written once per store), sent to agents with the epoch.
     pub cluster_id: String,
     /// When this broker became leader (wall clock, for display).
     pub since: SystemTime,

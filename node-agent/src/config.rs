@@ -102,7 +102,7 @@ impl Default for SessionLimits {
 
 impl SessionLimits {
     /// The limits with the host-derived defaults filled in, for `capacity` (see
-    /// [`crate::host::capacity`]). A host whose size is unknown gets 1 GiB and one CPU.
+    /// `host::capacity`). A host whose size is unknown gets 1 GiB and one CPU.
     pub fn resolve(&self, capacity: &hearth_sdk::proto::v1::NodeCapacity) -> Self {
         let memory = match (self.memory, capacity.memory_bytes) {
             (0, 0) => 1 << 30,
