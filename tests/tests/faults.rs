@@ -16,6 +16,7 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
+    path::Path,
     pin::Pin,
     process::Command,
     time::{Duration, Instant},
@@ -24,11 +25,11 @@ use std::{
 use futures::Stream;
 use hearth_agent::runtime::docker::container_name;
 use hearth_sdk::proto::v1::{
-    AgentMessage, BrokerMessage, CommandMeta, CreateSessionRequest, DeleteSessionRequest,
-    ExecCommand, ExecRequest, GetSessionRequest, GpuRequest, Hello, IdleAction, InvokeRequest,
-    KeepAliveRequest, ListSessionsRequest, PauseSessionRequest, Reply, Session, SessionSpec,
-    SessionState, StartSessionCommand, StopSessionCommand, Welcome, agent_message, broker_message,
-    create_session_request, exec_response, invoke_response,
+    AgentMessage, BrokerMessage, ClusterInfo, CommandMeta, CreateSessionRequest,
+    DeleteSessionRequest, ExecCommand, ExecRequest, GetSessionRequest, GpuRequest, Hello,
+    IdleAction, InvokeRequest, KeepAliveRequest, ListSessionsRequest, PauseSessionRequest, Reply,
+    Session, SessionSpec, SessionState, StartSessionCommand, StopSessionCommand, Welcome,
+    agent_message, broker_message, create_session_request, exec_response, invoke_response,
     node_agent_server::{NodeAgent, NodeAgentServer},
     sessions_client::SessionsClient,
 };
@@ -420,21 +421,64 @@ fn distinct(refusals: &[(Code, String)]) -> Vec<String> {
     seen.into_iter().map(|(m, n)| format!("{n}x {m}")).collect()
 }
 
-fn docker_agent_flags(state: &str, gpus: &'static str) -> Vec<String> {
-    [
+/// An agent on the Docker runtime with `gpus` simulated GPUs, dialling `brokers`, its
+/// state under `dir`.
+fn docker_agent(dir: &Path, node_id: &str, brokers: &[&str], gpus: &str) -> anyhow::Result<Agent> {
+    let state = dir.join("agent-state").display().to_string();
+    let flags = [
         "--simulate-gpus",
         gpus,
         "--runtime",
         "docker",
         "--state-dir",
-        state,
-    ]
-    .map(str::to_owned)
-    .to_vec()
+        &state,
+    ];
+    Agent::spawn(dir, node_id, brokers, &flags)
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
+/// [`docker_agent`], once the first of `brokers` has its node READY.
+async fn ready_docker_agent(
+    dir: &Path,
+    node_id: &str,
+    brokers: &[&str],
+    gpus: &str,
+) -> anyhow::Result<Agent> {
+    let agent = docker_agent(dir, node_id, brokers, gpus)?;
+    api::node_ready(brokers[0], &agent.node_id).await?;
+    Ok(agent)
+}
+
+/// A single broker on its embedded store under `dir`.
+fn lone_broker(dir: &Path) -> anyhow::Result<Broker> {
+    let store = dir.join("store").display().to_string();
+    Broker::spawn(dir, "broker", &["--store-path", &store])
+}
+
+/// Waits (up to 30 s) until the broker at `url` leads, and returns its cluster info.
+async fn until_leads(what: &str, url: &str) -> anyhow::Result<ClusterInfo> {
+    eventually(what, Duration::from_secs(30), || async {
+        Ok(api::cluster_info(url).await.ok().filter(|i| i.is_leader))
+    })
+    .await
+}
+
+/// broker-a and broker-b on one store (`flags`): broker-a leads (its cluster info comes
+/// back with it), then broker-b stands by behind it.
+async fn leader_and_standby(
+    dir: &Path,
+    flags: &[&str],
+) -> anyhow::Result<(Broker, ClusterInfo, Broker)> {
+    let a = Broker::spawn(dir, "broker-a", flags)?;
+    let first = until_leads("broker-a leads", &a.url).await?;
+    let b = Broker::spawn(dir, "broker-b", flags)?;
+    eventually("broker-b stands by", Duration::from_secs(30), || async {
+        Ok(api::cluster_info(&b.url)
+            .await
+            .ok()
+            .filter(|i| !i.is_leader && i.leader_id == "broker-a"))
+    })
+    .await?;
+    Ok((a, first, b))
 }
 
 /// The ends of these processes' logs, for failure messages.
@@ -494,12 +538,8 @@ async fn agent_kill_9_and_restart_keeps_the_session_warm() -> anyhow::Result<()>
     }
     let cleanup = Cleanup::new();
     let dir = tempfile::tempdir()?;
-    let store = dir.path().join("store").display().to_string();
-    let state = dir.path().join("agent-state").display().to_string();
-    let broker = Broker::spawn(dir.path(), "broker", &["--store-path", &store])?;
-    let flags = docker_agent_flags(&state, "1");
-    let mut agent = Agent::spawn(dir.path(), "agent-kill-node", &[&broker.url], &strs(&flags))?;
-    api::node_ready(&broker.url, &agent.node_id).await?;
+    let broker = lone_broker(dir.path())?;
+    let mut agent = ready_docker_agent(dir.path(), "agent-kill-node", &[&broker.url], "1").await?;
     let mut client = sessions(&broker.url);
     let mut warm = Warm::create(
         &mut client,
@@ -572,28 +612,8 @@ async fn leader_kill_9_fails_over_and_the_session_stays_warm() -> anyhow::Result
     let endpoint = etcd.endpoint();
     let prefix = unique_prefix("faults-failover");
     let flags = ["--etcd", &endpoint, "--etcd-prefix", &prefix];
-    let mut a = Broker::spawn(dir.path(), "broker-a", &flags)?;
-    let first = eventually("broker-a leads", Duration::from_secs(30), || async {
-        Ok(api::cluster_info(&a.url).await.ok().filter(|i| i.is_leader))
-    })
-    .await?;
-    let b = Broker::spawn(dir.path(), "broker-b", &flags)?;
-    eventually("broker-b stands by", Duration::from_secs(30), || async {
-        Ok(api::cluster_info(&b.url)
-            .await
-            .ok()
-            .filter(|i| !i.is_leader && i.leader_id == "broker-a"))
-    })
-    .await?;
-    let state = dir.path().join("agent-state").display().to_string();
-    let agent_flags = docker_agent_flags(&state, "1");
-    let agent = Agent::spawn(
-        dir.path(),
-        "failover-node",
-        &[&a.url, &b.url],
-        &strs(&agent_flags),
-    )?;
-    api::node_ready(&a.url, &agent.node_id).await?;
+    let (mut a, first, b) = leader_and_standby(dir.path(), &flags).await?;
+    let agent = ready_docker_agent(dir.path(), "failover-node", &[&a.url, &b.url], "1").await?;
     let mut on_a = sessions(&a.url);
     let mut on_b = sessions(&b.url);
     let mut warm = Warm::create(
@@ -662,17 +682,8 @@ async fn lone_broker_kill_9_and_restart_keeps_the_session_warm() -> anyhow::Resu
     }
     let cleanup = Cleanup::new();
     let dir = tempfile::tempdir()?;
-    let store = dir.path().join("store").display().to_string();
-    let state = dir.path().join("agent-state").display().to_string();
-    let mut broker = Broker::spawn(dir.path(), "broker", &["--store-path", &store])?;
-    let flags = docker_agent_flags(&state, "1");
-    let agent = Agent::spawn(
-        dir.path(),
-        "lone-broker-node",
-        &[&broker.url],
-        &strs(&flags),
-    )?;
-    api::node_ready(&broker.url, &agent.node_id).await?;
+    let mut broker = lone_broker(dir.path())?;
+    let agent = ready_docker_agent(dir.path(), "lone-broker-node", &[&broker.url], "1").await?;
     let mut client = sessions(&broker.url);
     let mut warm = Warm::create(
         &mut client,
@@ -746,19 +757,8 @@ async fn etcd_outage_keeps_turns_going_and_writes_converge() -> anyhow::Result<(
             ETCD_TEST_LEADER_TTL,
         ],
     )?;
-    eventually("the broker leads", Duration::from_secs(30), || async {
-        Ok(leads(&broker.url).await.then_some(()))
-    })
-    .await?;
-    let state = dir.path().join("agent-state").display().to_string();
-    let flags = docker_agent_flags(&state, "3");
-    let agent = Agent::spawn(
-        dir.path(),
-        "etcd-outage-node",
-        &[&broker.url],
-        &strs(&flags),
-    )?;
-    api::node_ready(&broker.url, &agent.node_id).await?;
+    until_leads("the broker leads", &broker.url).await?;
+    let agent = ready_docker_agent(dir.path(), "etcd-outage-node", &[&broker.url], "3").await?;
     let mut client = sessions(&broker.url);
     let logs = || tails(&[&broker.proc, &agent.proc]);
     let mut warm = Warm::create(
@@ -1022,17 +1022,8 @@ async fn etcd_outage_past_the_lease_pauses_service_and_keeps_the_session_warm() 
             &ttl,
         ],
     )?;
-    let first = eventually("the broker leads", Duration::from_secs(30), || async {
-        Ok(api::cluster_info(&broker.url)
-            .await
-            .ok()
-            .filter(|i| i.is_leader))
-    })
-    .await?;
-    let state = dir.path().join("agent-state").display().to_string();
-    let flags = docker_agent_flags(&state, "1");
-    let agent = Agent::spawn(dir.path(), "etcd-long-node", &[&broker.url], &strs(&flags))?;
-    api::node_ready(&broker.url, &agent.node_id).await?;
+    let first = until_leads("the broker leads", &broker.url).await?;
+    let agent = ready_docker_agent(dir.path(), "etcd-long-node", &[&broker.url], "1").await?;
     let mut client = sessions(&broker.url);
     let mut warm = Warm::create(
         &mut client,
@@ -1137,28 +1128,8 @@ async fn a_create_retried_across_failover_gives_one_session() -> anyhow::Result<
     let endpoint = etcd.endpoint();
     let prefix = unique_prefix("faults-idempotent");
     let flags = ["--etcd", &endpoint, "--etcd-prefix", &prefix];
-    let mut a = Broker::spawn(dir.path(), "broker-a", &flags)?;
-    eventually("broker-a leads", Duration::from_secs(30), || async {
-        Ok(leads(&a.url).await.then_some(()))
-    })
-    .await?;
-    let b = Broker::spawn(dir.path(), "broker-b", &flags)?;
-    eventually("broker-b stands by", Duration::from_secs(30), || async {
-        Ok(api::cluster_info(&b.url)
-            .await
-            .ok()
-            .filter(|i| !i.is_leader && i.leader_id == "broker-a"))
-    })
-    .await?;
-    let state = dir.path().join("agent-state").display().to_string();
-    let agent_flags = docker_agent_flags(&state, "2");
-    let agent = Agent::spawn(
-        dir.path(),
-        "idempotent-node",
-        &[&a.url, &b.url],
-        &strs(&agent_flags),
-    )?;
-    api::node_ready(&a.url, &agent.node_id).await?;
+    let (mut a, _, b) = leader_and_standby(dir.path(), &flags).await?;
+    let agent = ready_docker_agent(dir.path(), "idempotent-node", &[&a.url, &b.url], "2").await?;
 
     // A slow warm-up keeps the create waiting at the leader long enough to kill it.
     let request_id = format!("faults-failover-{}", cleanup.marker);
@@ -1440,9 +1411,7 @@ async fn an_agent_refuses_a_deposed_leaders_commands() -> anyhow::Result<()> {
     let cleanup = Cleanup::new();
     let dir = tempfile::tempdir()?;
     let (url, mut conns) = scripted_leader().await?;
-    let state = dir.path().join("agent-state").display().to_string();
-    let flags = docker_agent_flags(&state, "1");
-    let mut agent = Agent::spawn(dir.path(), "fenced-node", &[&url], &strs(&flags))?;
+    let mut agent = docker_agent(dir.path(), "fenced-node", &[&url], "1")?;
 
     let mut leader = next_conn(&mut conns).await?;
     assert_eq!(
