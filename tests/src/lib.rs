@@ -12,6 +12,7 @@
 //! - `bench_scale.rs`: `hearth-bench scale`, a broker on etcd against a simulated fleet.
 //! - `bench_chaos.rs`: `hearth-bench chaos`, turns under random faults, then invariants.
 //! - `report.rs`: what every benchmark prints (machine, figures, the JSON line).
+//! - `tenants.rs`: tenant tokens (`hearth token create`) and a broker started on them.
 
 pub mod allocations;
 pub mod api;
@@ -24,5 +25,6 @@ pub mod netns;
 pub mod process;
 pub mod report;
 pub mod sim_agent;
+pub mod tenants;
 
 pub use eventually::eventually;

@@ -6,7 +6,7 @@
 //! deleting a session frees its share; concurrent creates never overshoot; unclaimed
 //! warm-pool members count, and claiming one is not refused.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use hearth_sdk::proto::v1::{
     CreateSessionRequest, CreateTemplateRequest, DeleteSessionRequest, GetNodeRequest, GpuRequest,
@@ -16,7 +16,7 @@ use hearth_sdk::proto::v1::{
 };
 use hearth_tests::{
     api, eventually, images,
-    process::{Agent, Broker, binary},
+    tenants::{TokenCluster, create_token},
 };
 use tonic::{
     Code, Request, Status,
@@ -38,20 +38,6 @@ impl Interceptor for Bearer {
 }
 
 type Svc = InterceptedService<Channel, Bearer>;
-
-fn create_token(config: &Path, tenant: &str, role: &str) -> anyhow::Result<String> {
-    let out = std::process::Command::new(binary("hearth")?)
-        .args(["token", "create", "--tenant", tenant, "--role", role])
-        .arg("--append")
-        .arg(config)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "hearth token create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
 
 fn spec(gpus: u32) -> SessionSpec {
     let mut spec = images::worker_spec(images::worker_binary().display().to_string());
@@ -135,30 +121,9 @@ async fn quotas_and_the_rate_limit_refuse_with_the_limit_named_and_free_on_delet
         tokens.push(create_token(&config, tenant, "user")?);
     }
     let admin_token = create_token(&config, "ops", "admin")?;
-    let store = dir.path().join("store").display().to_string();
-    let broker = Broker::spawn(
-        dir.path(),
-        "broker",
-        &[
-            "--config",
-            &config.display().to_string(),
-            "--store-path",
-            &store,
-        ],
-    )?;
-    let agent = Agent::spawn(
-        dir.path(),
-        "quota-node",
-        &[&broker.url],
-        &["--simulate-gpus", "4"],
-    )?;
-    let logs = |e: anyhow::Error| {
-        anyhow::anyhow!(
-            "{e:#}\n{}\n{}",
-            broker.proc.log_tail(),
-            agent.proc.log_tail()
-        )
-    };
+    let cluster = TokenCluster::spawn(dir.path(), &config, "quota-node", "4")?;
+    let (broker, agent) = (&cluster.broker, &cluster.agent);
+    let logs = |e: anyhow::Error| cluster.logs(e);
     let channel = api::long_channel(&broker.url);
     let tenant = |token: &str| Tenant {
         sessions: SessionsClient::with_interceptor(channel.clone(), Bearer(token.to_owned())),

@@ -23,7 +23,8 @@ use hearth_sdk::proto::v1::{
 };
 use hearth_tests::{
     api, eventually, images,
-    process::{Agent, Broker, binary},
+    process::binary,
+    tenants::{self, TokenCluster},
 };
 use prost::Message as _;
 use tonic::{
@@ -70,18 +71,10 @@ impl Clients {
 }
 
 /// `hearth token create`, appending its entry to `config`; returns the token.
+/// A token from `hearth token create`, checked: it looks like one, and the config holds
+/// only its hash.
 fn create_token(config: &Path, tenant: &str, role: &str) -> anyhow::Result<String> {
-    let out = std::process::Command::new(binary("hearth")?)
-        .args(["token", "create", "--tenant", tenant, "--role", role])
-        .arg("--append")
-        .arg(config)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "hearth token create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    let token = tenants::create_token(config, tenant, role)?;
     anyhow::ensure!(token.starts_with("hth_"), "unexpected token {token:?}");
     let text = std::fs::read_to_string(config)?;
     anyhow::ensure!(!text.contains(&token), "the config must hold only the hash");
@@ -185,30 +178,9 @@ async fn tenants_see_only_their_own_objects_and_admin_needs_the_admin_role() -> 
     let token_a = create_token(&config, "team-a", "user")?;
     let token_b = create_token(&config, "team-b", "user")?;
     let token_admin = create_token(&config, "ops", "admin")?;
-    let store = dir.path().join("store").display().to_string();
-    let broker = Broker::spawn(
-        dir.path(),
-        "broker",
-        &[
-            "--config",
-            &config.display().to_string(),
-            "--store-path",
-            &store,
-        ],
-    )?;
-    let agent = Agent::spawn(
-        dir.path(),
-        "tenancy-node",
-        &[&broker.url],
-        &["--simulate-gpus", "2"],
-    )?;
-    let logs = |e: anyhow::Error| {
-        anyhow::anyhow!(
-            "{e:#}\n{}\n{}",
-            broker.proc.log_tail(),
-            agent.proc.log_tail()
-        )
-    };
+    let cluster = TokenCluster::spawn(dir.path(), &config, "tenancy-node", "2")?;
+    let (broker, agent) = (&cluster.broker, &cluster.agent);
+    let logs = |e: anyhow::Error| cluster.logs(e);
     let channel = api::long_channel(&broker.url);
     let a = Clients::new(&channel, Some(&token_a));
     let b = Clients::new(&channel, Some(&token_b));
