@@ -6,6 +6,7 @@
 //! - `netns.rs`: network namespaces joined to the host by a veth pair (network cuts).
 //! - `eventually.rs`: polling with a deadline.
 //! - `api.rs`: small client helpers over the generated gRPC clients.
+//! - `readme.rs`: the README's marked sections, which tests run as written, and grpcurl.
 //! - `sim_agent.rs`: SIMULATED node agents, many per process, speaking the real
 //!   `NodeAgent.Connect` protocol (no GPU or workload is real).
 //! - `allocations.rs`: audits GPU allocations straight from etcd (double bookings).
@@ -23,6 +24,7 @@ pub mod eventually;
 pub mod images;
 pub mod netns;
 pub mod process;
+pub mod readme;
 pub mod report;
 pub mod sim_agent;
 pub mod tenants;

