@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use hearth_sdk::proto::v1::{
-    ClusterInfo, GetClusterInfoRequest, GetNodeRequest, Node, admin_client::AdminClient,
+    ClusterInfo, GetClusterInfoRequest, GetNodeRequest, InvokeRequest, Node,
+    admin_client::AdminClient, invoke_response, sessions_client::SessionsClient,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -62,26 +63,35 @@ pub async fn node_ready(url: &str, id: &str) -> anyhow::Result<Node> {
     .await
 }
 
-/// One Invoke turn, collected: the status and the whole body.
+/// One Invoke turn on port 8080, collected: the status and the whole body.
 pub async fn invoke(
-    client: &mut hearth_sdk::proto::v1::sessions_client::SessionsClient<Channel>,
+    client: &mut SessionsClient<Channel>,
     session_id: &str,
     method: &str,
     path: &str,
     body: Vec<u8>,
 ) -> Result<(u32, Vec<u8>), tonic::Status> {
-    use hearth_sdk::proto::v1::{InvokeRequest, invoke_response};
-    let mut stream = client
-        .invoke(InvokeRequest {
+    invoke_request(
+        client,
+        InvokeRequest {
             session_id: session_id.to_owned(),
             port: 8080,
             method: method.to_owned(),
             path: path.to_owned(),
             body,
             ..InvokeRequest::default()
-        })
-        .await?
-        .into_inner();
+        },
+    )
+    .await
+}
+
+/// One Invoke turn as the caller built it (with its own deadline or timeout), collected:
+/// the status and the whole body.
+pub async fn invoke_request(
+    client: &mut SessionsClient<Channel>,
+    request: impl tonic::IntoRequest<InvokeRequest>,
+) -> Result<(u32, Vec<u8>), tonic::Status> {
+    let mut stream = client.invoke(request).await?.into_inner();
     let mut status = 0;
     let mut out = Vec::new();
     while let Some(piece) = stream.message().await? {

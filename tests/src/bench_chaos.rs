@@ -58,7 +58,7 @@ use hearth_sdk::{
     proto::v1::{
         CreateSessionRequest, DeleteSessionRequest, ExecRequest, GpuRequest, IdleAction,
         InvokeRequest, ListNodesRequest, NodeState, PlacementSpec, Session, SessionState,
-        admin_client::AdminClient, create_session_request, exec_response, invoke_response,
+        admin_client::AdminClient, create_session_request, exec_response,
         sessions_client::SessionsClient,
     },
 };
@@ -701,26 +701,15 @@ async fn attempt(
                 TurnKind::Incr => ("POST", "/incr"),
                 _ => ("GET", "/state"),
             };
-            let mut stream = client
-                .invoke(InvokeRequest {
-                    session_id: session.id.clone(),
-                    port: 8080,
-                    method: method.into(),
-                    path: path.into(),
-                    timeout: Some(hearth_sdk::time::duration(timeout)),
-                    ..InvokeRequest::default()
-                })
-                .await?
-                .into_inner();
-            let mut status = 0;
-            let mut body = Vec::new();
-            while let Some(piece) = stream.message().await? {
-                match piece.event {
-                    Some(invoke_response::Event::Head(h)) => status = h.status,
-                    Some(invoke_response::Event::Body(b)) => body.extend_from_slice(&b),
-                    None => {}
-                }
-            }
+            let request = InvokeRequest {
+                session_id: session.id.clone(),
+                port: 8080,
+                method: method.into(),
+                path: path.into(),
+                timeout: Some(hearth_sdk::time::duration(timeout)),
+                ..InvokeRequest::default()
+            };
+            let (status, body) = api::invoke_request(&mut client, request).await?;
             Ok(if status == 200 {
                 Ok(body)
             } else {

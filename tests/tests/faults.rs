@@ -29,7 +29,7 @@ use hearth_sdk::proto::v1::{
     DeleteSessionRequest, ExecCommand, ExecRequest, GetSessionRequest, GpuRequest, Hello,
     IdleAction, InvokeRequest, KeepAliveRequest, ListSessionsRequest, PauseSessionRequest, Reply,
     Session, SessionSpec, SessionState, StartSessionCommand, StopSessionCommand, Welcome,
-    agent_message, broker_message, create_session_request, exec_response, invoke_response,
+    agent_message, broker_message, create_session_request, exec_response,
     node_agent_server::{NodeAgent, NodeAgentServer},
     sessions_client::SessionsClient,
 };
@@ -204,19 +204,7 @@ async fn turn(
         path: path.to_owned(),
         ..InvokeRequest::default()
     };
-    let mut stream = client
-        .invoke(with_deadline(request, deadline))
-        .await?
-        .into_inner();
-    let mut status = 0;
-    let mut body = Vec::new();
-    while let Some(piece) = stream.message().await? {
-        match piece.event {
-            Some(invoke_response::Event::Head(h)) => status = h.status,
-            Some(invoke_response::Event::Body(b)) => body.extend_from_slice(&b),
-            None => {}
-        }
-    }
+    let (status, body) = api::invoke_request(client, with_deadline(request, deadline)).await?;
     if status != 200 {
         return Err(Status::internal(format!(
             "{method} {path} answered HTTP {status}: {}",

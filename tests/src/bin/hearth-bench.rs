@@ -13,10 +13,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use hearth_sdk::proto::v1::{
     AdminListSessionsRequest, CreateSessionRequest, CreateTemplateRequest, DeleteSessionRequest,
-    DeleteTemplateRequest, GetTemplateRequest, GpuRequest, InvokeRequest, ListSessionsRequest,
-    NodeState, PortSpec, ReadinessProbe, SessionSpec, SessionState, Template,
-    admin_client::AdminClient, create_session_request, invoke_response, readiness_probe,
-    sessions_client::SessionsClient, templates_client::TemplatesClient,
+    DeleteTemplateRequest, GetTemplateRequest, GpuRequest, ListSessionsRequest, NodeState,
+    PortSpec, ReadinessProbe, SessionSpec, SessionState, Template, admin_client::AdminClient,
+    create_session_request, readiness_probe, sessions_client::SessionsClient,
+    templates_client::TemplatesClient,
 };
 use hearth_tests::{
     api, eventually, images,
@@ -190,44 +190,6 @@ fn read_http_response(s: &mut TcpStream, buf: &mut [u8]) -> anyhow::Result<()> {
     }
 }
 
-async fn invoke(
-    client: &mut SessionsClient<Channel>,
-    session: &str,
-    method: &str,
-    path: &str,
-    body: Vec<u8>,
-) -> anyhow::Result<(u32, Vec<u8>)> {
-    let mut stream = client
-        .invoke(InvokeRequest {
-            session_id: session.to_owned(),
-            port: 8080,
-            method: method.to_owned(),
-            path: path.to_owned(),
-            body,
-            ..InvokeRequest::default()
-        })
-        .await?
-        .into_inner();
-    let mut status = 0;
-    let mut out = Vec::new();
-    while let Some(piece) = stream.message().await? {
-        match piece.event {
-            Some(invoke_response::Event::Head(h)) => status = h.status,
-            Some(invoke_response::Event::Body(b)) => out.extend_from_slice(&b),
-            None => {}
-        }
-    }
-    Ok((status, out))
-}
-
-fn json_field(body: &[u8], field: &str) -> Option<String> {
-    let text = String::from_utf8_lossy(body);
-    let at = text.find(&format!("\"{field}\":"))? + field.len() + 3;
-    let rest = text[at..].trim_start();
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim().trim_matches('"').to_owned())
-}
-
 async fn turns(o: Options) -> anyhow::Result<()> {
     if !images::docker_or_skip() {
         bail!("the turns benchmark needs Docker");
@@ -298,7 +260,7 @@ async fn turns(o: Options) -> anyhow::Result<()> {
 
     let body = vec![b'x'; 1024];
     for _ in 0..200 {
-        invoke(&mut client, &session.id, "POST", "/echo", body.clone())
+        api::invoke(&mut client, &session.id, "POST", "/echo", body.clone())
             .await
             .context("warm-up turns")?;
     }
@@ -306,7 +268,7 @@ async fn turns(o: Options) -> anyhow::Result<()> {
     for _ in 0..o.turns {
         let t = Instant::now();
         let (status, echoed) =
-            invoke(&mut client, &session.id, "POST", "/echo", body.clone()).await?;
+            api::invoke(&mut client, &session.id, "POST", "/echo", body.clone()).await?;
         samples.push(t.elapsed());
         if status != 200 || echoed.len() != body.len() {
             bail!("turn answered {status} with {} bytes", echoed.len());
@@ -329,7 +291,7 @@ async fn turns(o: Options) -> anyhow::Result<()> {
         );
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                match invoke(&mut c, &id, "POST", "/echo", body.clone()).await {
+                match api::invoke(&mut c, &id, "POST", "/echo", body.clone()).await {
                     Ok((200, _)) => done.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     _ => failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 };
@@ -345,9 +307,9 @@ async fn turns(o: Options) -> anyhow::Result<()> {
     let mut hosts = std::collections::BTreeSet::new();
     let mut warmups = String::new();
     for _ in 0..20 {
-        let (_, state) = invoke(&mut client, &session.id, "GET", "/state", Vec::new()).await?;
-        hosts.insert(json_field(&state, "hostname").unwrap_or_default());
-        warmups = json_field(&state, "warmups").unwrap_or_default();
+        let (_, state) = api::invoke(&mut client, &session.id, "GET", "/state", Vec::new()).await?;
+        hosts.insert(api::json_field(&state, "hostname").unwrap_or_default());
+        warmups = api::json_field(&state, "warmups").unwrap_or_default();
     }
     client
         .delete_session(DeleteSessionRequest {
