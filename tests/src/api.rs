@@ -50,16 +50,17 @@ pub async fn node(url: &str, id: &str) -> Result<Node, tonic::Status> {
 
 /// Waits (up to 30 s) until the broker at `url` has node `id` READY, and returns it.
 pub async fn node_ready(url: &str, id: &str) -> anyhow::Result<Node> {
-    crate::eventually(
-        &format!("node {id} READY"),
-        Duration::from_secs(30),
-        || async {
-            Ok(node(url, id)
-                .await
-                .ok()
-                .filter(|n| n.state() == hearth_sdk::proto::v1::NodeState::Ready))
-        },
-    )
+    node_ready_within(url, id, Duration::from_secs(30)).await
+}
+
+/// Waits up to `deadline` until the broker at `url` has node `id` READY, and returns it.
+pub async fn node_ready_within(url: &str, id: &str, deadline: Duration) -> anyhow::Result<Node> {
+    crate::eventually(&format!("node {id} READY"), deadline, || async {
+        Ok(node(url, id)
+            .await
+            .ok()
+            .filter(|n| n.state() == hearth_sdk::proto::v1::NodeState::Ready))
+    })
     .await
 }
 

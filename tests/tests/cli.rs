@@ -8,7 +8,6 @@
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use hearth_sdk::proto::v1::NodeState;
 use hearth_tests::{
     api, eventually, images,
     process::{Agent, Broker, binary, free_port},
@@ -96,14 +95,9 @@ impl Fixture {
             dir,
             worker,
         };
-        eventually("node READY", Duration::from_secs(30), || async {
-            Ok(api::node(&f.broker.url, &f.agent.node_id)
-                .await
-                .ok()
-                .filter(|n| n.state() == NodeState::Ready))
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", f.logs()))?;
+        api::node_ready(&f.broker.url, &f.agent.node_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", f.logs()))?;
         Ok(f)
     }
 

@@ -15,11 +15,11 @@ use std::{process::Command, time::Duration};
 
 use hearth_sdk::proto::v1::{
     CreateSessionRequest, CreateTemplateRequest, DeleteSessionRequest, ExecRequest, GpuRequest,
-    NodeState, SecuritySpec, Session, SessionSpec, Template, create_session_request,
+    SecuritySpec, Session, SessionSpec, Template, create_session_request,
     sessions_client::SessionsClient, templates_client::TemplatesClient,
 };
 use hearth_tests::{
-    api, eventually, images,
+    api, images,
     process::{Agent, Broker},
 };
 use tonic::{Code, transport::Channel};
@@ -77,16 +77,11 @@ impl Fixture {
                 &state,
             ],
         )?;
-        eventually("node READY", Duration::from_secs(60), || async {
-            Ok(api::node(&broker.url, &agent.node_id)
-                .await
-                .ok()
-                .filter(|n| n.state() == NodeState::Ready))
-        })
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("{e}\n{}\n{}", broker.proc.log_tail(), agent.proc.log_tail())
-        })?;
+        api::node_ready_within(&broker.url, &agent.node_id, Duration::from_secs(60))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("{e}\n{}\n{}", broker.proc.log_tail(), agent.proc.log_tail())
+            })?;
         // Room for the oversized request below: the SDK's own channel stops at 16 MiB.
         let client = SessionsClient::new(api::long_channel(&broker.url))
             .max_encoding_message_size(64 << 20)

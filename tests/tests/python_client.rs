@@ -17,11 +17,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use hearth_sdk::proto::v1::{
-    GetSessionRequest, ListSessionsRequest, NodeState, SessionState,
-    sessions_client::SessionsClient,
+    GetSessionRequest, ListSessionsRequest, SessionState, sessions_client::SessionsClient,
 };
 use hearth_tests::{
-    api, eventually, images,
+    api, images,
     process::{Agent, Broker},
 };
 
@@ -151,14 +150,9 @@ async fn the_python_example_agent_runs_turns_on_a_docker_session() -> anyhow::Re
         ],
     )?;
     let logs = || format!("{}\n{}", broker.proc.log_tail(), agent.proc.log_tail());
-    eventually("node READY", Duration::from_secs(30), || async {
-        Ok(api::node(&broker.url, &agent.node_id)
-            .await
-            .ok()
-            .filter(|n| n.state() == NodeState::Ready))
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+    api::node_ready(&broker.url, &agent.node_id)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
 
     // The example, exactly as the README runs it, but on this test's ports.
     let address = broker.url.trim_start_matches("http://").to_owned();

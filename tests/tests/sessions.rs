@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use hearth_sdk::proto::v1::{
     CreateSessionRequest, DeleteSessionRequest, ExecRequest, GetSessionRequest, GpuRequest,
-    InvokeRequest, KeepAliveRequest, NodeState, PortSpec, ReadinessProbe, Session, SessionSpec,
-    SessionState, create_session_request, exec_response, invoke_response, readiness_probe,
+    InvokeRequest, KeepAliveRequest, PortSpec, ReadinessProbe, Session, SessionSpec, SessionState,
+    create_session_request, exec_response, invoke_response, readiness_probe,
     sessions_client::SessionsClient,
 };
 use hearth_tests::{
@@ -65,16 +65,11 @@ impl Fixture {
                 &state,
             ],
         )?;
-        eventually("node READY", Duration::from_secs(30), || async {
-            Ok(api::node(&broker.url, &agent.node_id)
-                .await
-                .ok()
-                .filter(|n| n.state() == NodeState::Ready))
-        })
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("{e}\n{}\n{}", broker.proc.log_tail(), agent.proc.log_tail())
-        })?;
+        api::node_ready(&broker.url, &agent.node_id)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("{e}\n{}\n{}", broker.proc.log_tail(), agent.proc.log_tail())
+            })?;
         let client = SessionsClient::new(api::long_channel(&broker.url));
         Ok(Some(Self {
             broker,

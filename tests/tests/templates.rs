@@ -14,10 +14,10 @@ use std::{
 use hearth_sdk::proto::v1::{
     AdminListSessionsRequest, CreateSessionRequest, CreateTemplateRequest, DeleteSessionRequest,
     DeleteTemplateRequest, Event, GetSessionRequest, GetTemplateRequest, GpuRequest,
-    ListSessionsRequest, ListTemplatesRequest, NodeState, PortSpec, ReadinessProbe, Session,
-    SessionSpec, SessionState, Template, UpdateTemplateRequest, WatchEventsRequest,
-    admin_client::AdminClient, create_session_request, readiness_probe,
-    sessions_client::SessionsClient, templates_client::TemplatesClient,
+    ListSessionsRequest, ListTemplatesRequest, PortSpec, ReadinessProbe, Session, SessionSpec,
+    SessionState, Template, UpdateTemplateRequest, WatchEventsRequest, admin_client::AdminClient,
+    create_session_request, readiness_probe, sessions_client::SessionsClient,
+    templates_client::TemplatesClient,
 };
 use hearth_tests::{
     api,
@@ -73,15 +73,10 @@ impl Fixture {
     }
 
     async fn node_ready(&self) -> anyhow::Result<()> {
-        eventually("node READY", Duration::from_secs(30), || async {
-            Ok(api::node(&self.broker.url, &self.agent.node_id)
-                .await
-                .ok()
-                .filter(|n| n.state() == NodeState::Ready))
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| self.with_logs(e))
+        api::node_ready(&self.broker.url, &self.agent.node_id)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.with_logs(e))
     }
 
     fn with_logs(&self, e: impl std::fmt::Display) -> anyhow::Error {
