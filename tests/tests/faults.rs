@@ -286,6 +286,19 @@ struct Warm {
 }
 
 impl Warm {
+    /// The usual session of these tests (a 300 ms warm-up, one GPU), created through
+    /// `client`; a failure carries the ends of `procs`' logs.
+    async fn start(
+        client: &mut SessionsClient<Channel>,
+        marker: &str,
+        procs: &[&Proc],
+    ) -> anyhow::Result<Self> {
+        let spec = spec(marker, Duration::from_millis(300), 1)?;
+        Self::create(client, spec)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", tails(procs)))
+    }
+
     /// Creates a session through `client` and takes its first turn.
     async fn create(
         client: &mut SessionsClient<Channel>,
@@ -529,12 +542,7 @@ async fn agent_kill_9_and_restart_keeps_the_session_warm() -> anyhow::Result<()>
     let broker = lone_broker(dir.path())?;
     let mut agent = ready_docker_agent(dir.path(), "agent-kill-node", &[&broker.url], "1").await?;
     let mut client = sessions(&broker.url);
-    let mut warm = Warm::create(
-        &mut client,
-        spec(&cleanup.marker, Duration::from_millis(300), 1)?,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", tails(&[&broker.proc, &agent.proc])))?;
+    let mut warm = Warm::start(&mut client, &cleanup.marker, &[&broker.proc, &agent.proc]).await?;
 
     agent.proc.kill();
     let killed = Instant::now();
@@ -604,12 +612,8 @@ async fn leader_kill_9_fails_over_and_the_session_stays_warm() -> anyhow::Result
     let agent = ready_docker_agent(dir.path(), "failover-node", &[&a.url, &b.url], "1").await?;
     let mut on_a = sessions(&a.url);
     let mut on_b = sessions(&b.url);
-    let mut warm = Warm::create(
-        &mut on_a,
-        spec(&cleanup.marker, Duration::from_millis(300), 1)?,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", tails(&[&a.proc, &b.proc, &agent.proc])))?;
+    let mut warm =
+        Warm::start(&mut on_a, &cleanup.marker, &[&a.proc, &b.proc, &agent.proc]).await?;
 
     a.proc.kill();
     let killed = Instant::now();
@@ -673,12 +677,7 @@ async fn lone_broker_kill_9_and_restart_keeps_the_session_warm() -> anyhow::Resu
     let mut broker = lone_broker(dir.path())?;
     let agent = ready_docker_agent(dir.path(), "lone-broker-node", &[&broker.url], "1").await?;
     let mut client = sessions(&broker.url);
-    let mut warm = Warm::create(
-        &mut client,
-        spec(&cleanup.marker, Duration::from_millis(300), 1)?,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", tails(&[&broker.proc, &agent.proc])))?;
+    let mut warm = Warm::start(&mut client, &cleanup.marker, &[&broker.proc, &agent.proc]).await?;
 
     broker.proc.kill();
     let killed = Instant::now();
@@ -749,12 +748,7 @@ async fn etcd_outage_keeps_turns_going_and_writes_converge() -> anyhow::Result<(
     let agent = ready_docker_agent(dir.path(), "etcd-outage-node", &[&broker.url], "3").await?;
     let mut client = sessions(&broker.url);
     let logs = || tails(&[&broker.proc, &agent.proc]);
-    let mut warm = Warm::create(
-        &mut client,
-        spec(&cleanup.marker, Duration::from_millis(300), 1)?,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+    let mut warm = Warm::start(&mut client, &cleanup.marker, &[&broker.proc, &agent.proc]).await?;
     let to_pause = Warm::create(&mut client, spec(&cleanup.marker, Duration::ZERO, 1)?)
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
@@ -1013,12 +1007,7 @@ async fn etcd_outage_past_the_lease_pauses_service_and_keeps_the_session_warm() 
     let first = until_leads("the broker leads", &broker.url).await?;
     let agent = ready_docker_agent(dir.path(), "etcd-long-node", &[&broker.url], "1").await?;
     let mut client = sessions(&broker.url);
-    let mut warm = Warm::create(
-        &mut client,
-        spec(&cleanup.marker, Duration::from_millis(300), 1)?,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", tails(&[&broker.proc, &agent.proc])))?;
+    let mut warm = Warm::start(&mut client, &cleanup.marker, &[&broker.proc, &agent.proc]).await?;
 
     etcd.kill();
     let down = Instant::now();
