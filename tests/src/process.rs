@@ -259,6 +259,26 @@ fn kill_workloads(state_dir: &Path) {
 }
 
 impl Agent {
+    /// Starts an agent on the Docker runtime with `gpus` simulated GPUs, its state in
+    /// `dir/agent-state`.
+    pub fn spawn_docker(
+        dir: &Path,
+        node_id: &str,
+        brokers: &[&str],
+        gpus: &str,
+    ) -> anyhow::Result<Self> {
+        let state = dir.join("agent-state").display().to_string();
+        let flags = [
+            "--simulate-gpus",
+            gpus,
+            "--runtime",
+            "docker",
+            "--state-dir",
+            &state,
+        ];
+        Self::spawn(dir, node_id, brokers, &flags)
+    }
+
     /// Starts an agent named `node_id` dialling `brokers`; `extra` adds flags.
     pub fn spawn(
         dir: &Path,

@@ -422,29 +422,14 @@ fn distinct(refusals: &[(Code, String)]) -> Vec<String> {
     seen.into_iter().map(|(m, n)| format!("{n}x {m}")).collect()
 }
 
-/// An agent on the Docker runtime with `gpus` simulated GPUs, dialling `brokers`, its
-/// state under `dir`.
-fn docker_agent(dir: &Path, node_id: &str, brokers: &[&str], gpus: &str) -> anyhow::Result<Agent> {
-    let state = dir.join("agent-state").display().to_string();
-    let flags = [
-        "--simulate-gpus",
-        gpus,
-        "--runtime",
-        "docker",
-        "--state-dir",
-        &state,
-    ];
-    Agent::spawn(dir, node_id, brokers, &flags)
-}
-
-/// [`docker_agent`], once the first of `brokers` has its node READY.
+/// [`Agent::spawn_docker`], once the first of `brokers` has its node READY.
 async fn ready_docker_agent(
     dir: &Path,
     node_id: &str,
     brokers: &[&str],
     gpus: &str,
 ) -> anyhow::Result<Agent> {
-    let agent = docker_agent(dir, node_id, brokers, gpus)?;
+    let agent = Agent::spawn_docker(dir, node_id, brokers, gpus)?;
     api::node_ready(brokers[0], &agent.node_id).await?;
     Ok(agent)
 }
@@ -1388,7 +1373,7 @@ async fn an_agent_refuses_a_deposed_leaders_commands() -> anyhow::Result<()> {
     let cleanup = Cleanup::new();
     let dir = tempfile::tempdir()?;
     let (url, mut conns) = scripted_leader().await?;
-    let mut agent = docker_agent(dir.path(), "fenced-node", &[&url], "1")?;
+    let mut agent = Agent::spawn_docker(dir.path(), "fenced-node", &[&url], "1")?;
 
     let mut leader = next_conn(&mut conns).await?;
     assert_eq!(

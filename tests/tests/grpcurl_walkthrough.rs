@@ -96,21 +96,8 @@ async fn readme_grpcurl_walkthrough_runs_as_written() -> anyhow::Result<()> {
     images::worker_image()?;
     let dir = tempfile::tempdir()?;
     let store = dir.path().join("store").display().to_string();
-    let state = dir.path().join("agent-state").display().to_string();
     let broker = Broker::spawn(dir.path(), "broker", &["--store-path", &store])?;
-    let _agent = Agent::spawn(
-        dir.path(),
-        "sim-node",
-        &[&broker.url],
-        &[
-            "--simulate-gpus",
-            "2",
-            "--runtime",
-            "docker",
-            "--state-dir",
-            &state,
-        ],
-    )?;
+    let _agent = Agent::spawn_docker(dir.path(), "sim-node", &[&broker.url], "2")?;
     eventually(
         "sim-node READY with telemetry",
         Duration::from_secs(20),

@@ -63,20 +63,7 @@ impl Fixture {
                 &config.display().to_string(),
             ],
         )?;
-        let state = dir.path().join("agent-state").display().to_string();
-        let agent = Agent::spawn(
-            dir.path(),
-            "hardened-node",
-            &[&broker.url],
-            &[
-                "--simulate-gpus",
-                "2",
-                "--runtime",
-                "docker",
-                "--state-dir",
-                &state,
-            ],
-        )?;
+        let agent = Agent::spawn_docker(dir.path(), "hardened-node", &[&broker.url], "2")?;
         api::node_ready_within(&broker.url, &agent.node_id, Duration::from_secs(60))
             .await
             .map_err(|e| {

@@ -134,21 +134,8 @@ async fn the_python_example_agent_runs_turns_on_a_docker_session() -> anyhow::Re
     };
 
     let store = dir.path().join("store").display().to_string();
-    let state = dir.path().join("agent-state").display().to_string();
     let broker = Broker::spawn(dir.path(), "broker", &["--store-path", &store])?;
-    let agent = Agent::spawn(
-        dir.path(),
-        "python-node",
-        &[&broker.url],
-        &[
-            "--simulate-gpus",
-            "1",
-            "--runtime",
-            "docker",
-            "--state-dir",
-            &state,
-        ],
-    )?;
+    let agent = Agent::spawn_docker(dir.path(), "python-node", &[&broker.url], "1")?;
     let logs = || format!("{}\n{}", broker.proc.log_tail(), agent.proc.log_tail());
     api::node_ready(&broker.url, &agent.node_id)
         .await
