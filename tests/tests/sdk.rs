@@ -227,6 +227,11 @@ async fn turns_retry_through_a_broker_restart() -> anyhow::Result<()> {
     assert_eq!(incr(&session).await?, (1, 1));
 
     f.broker.proc.kill();
+    // Let the client's connection see the close first. A turn written at the very instant
+    // the broker dies fails on the broken connection, and then nobody can say whether it
+    // ran, so the SDK rightly does not send it again; this test is about the outage that
+    // follows, when every attempt certainly did not run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let restart = {
         let started = tokio::time::sleep(Duration::from_secs(1));
         async {
