@@ -1536,4 +1536,66 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
+
+        /// Whatever a command carries, turning it into the workload's HTTP request never
+        /// panics: it is a request with that method and path, or INVALID_ARGUMENT naming
+        /// the part that is wrong.
+        #[test]
+        fn any_invoke_becomes_a_request_or_a_clear_error(
+            method in "[A-Z]{0,8}|.{0,8}",
+            path in "/[ -~]{0,40}|[ -~]{0,20}|.{0,20}",
+            headers in proptest::collection::vec((".{0,12}", ".{0,24}"), 0..6),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+            let request = InvokeRequest {
+                method: method.clone(),
+                path: path.clone(),
+                headers: headers
+                    .iter()
+                    .map(|(name, value)| Header { name: name.clone(), value: value.clone() })
+                    .collect(),
+                body: body.clone(),
+                ..Default::default()
+            };
+            match http_request(addr, request) {
+                Ok(built) => {
+                    let want = if method.is_empty() { "GET" } else { method.as_str() };
+                    proptest::prop_assert_eq!(built.method().as_str(), want);
+                    proptest::prop_assert!(path.is_empty() || path.starts_with('/'));
+                    proptest::prop_assert!(
+                        built.headers().keys().all(|k| !HOP_BY_HOP.contains(&k.as_str()))
+                    );
+                }
+                Err(failure) => {
+                    proptest::prop_assert_eq!(failure.code, Code::InvalidArgument);
+                    let m = &failure.message;
+                    proptest::prop_assert!(
+                        m.contains("method") || m.contains("path") || m.contains("header"),
+                        "{}", m
+                    );
+                }
+            }
+        }
+
+        /// Any protobuf duration is a duration, nothing, or an error naming its field.
+        #[test]
+        fn any_duration_converts_or_names_its_field(
+            seconds in proptest::num::i64::ANY,
+            nanos in proptest::num::i32::ANY,
+        ) {
+            let d = prost_types::Duration { seconds, nanos };
+            match optional_duration(Some(&d), "spec.idle_timeout") {
+                Ok(Some(_)) => proptest::prop_assert!(seconds >= 0),
+                Ok(None) => {}
+                Err(failure) => proptest::prop_assert!(
+                    failure.message.contains("spec.idle_timeout"),
+                    "{}", failure.message
+                ),
+            }
+        }
+    }
 }
