@@ -173,6 +173,8 @@ pub async fn create_from_template(
     {
         return Ok(earlier);
     }
+    // Only a create that makes (or claims) a session counts: a retry is answered above.
+    cluster.quotas.admit_create(tenant)?;
     let id = template.id();
     let usable = |node: &str| cluster.nodes.state(node) == Some(NodeState::Ready);
     for _ in 0..CLAIM_TRIES {

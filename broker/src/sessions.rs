@@ -458,6 +458,8 @@ impl Sessions {
         {
             return Ok(earlier);
         }
+        // Only a create that makes a session counts: a retry of one is answered above.
+        cluster.quotas.admit_create(tenant)?;
         let launch = Launch {
             tenant: tenant.to_owned(),
             spec: checked,

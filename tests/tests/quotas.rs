@@ -204,14 +204,32 @@ async fn quotas_and_the_rate_limit_refuse_with_the_limit_named_and_free_on_delet
     assert_eq!(after.gpu_uuids.len(), 1);
 
     // creates_per_minute: a burst of two, then refused with when to retry; deleting
-    // does not give creates back.
+    // does not give creates back. A retry of an earlier create (its request_id) is
+    // answered with that session, limit or not.
     let one = c.create(0).await?;
-    c.create(0).await?;
+    let retried = CreateSessionRequest {
+        source: Some(create_session_request::Source::Spec(spec(0))),
+        request_id: "quota-retry".to_owned(),
+        ..CreateSessionRequest::default()
+    };
+    let two = c
+        .sessions
+        .clone()
+        .create_session(retried.clone())
+        .await?
+        .into_inner();
     c.delete(&one.id).await?;
     exhausted(
         c.create(0).await,
         "tenant team-c: creates_per_minute 2 reached; retry in",
     );
+    let again = c
+        .sessions
+        .clone()
+        .create_session(retried)
+        .await?
+        .into_inner();
+    assert_eq!(again.id, two.id, "a retry is not a new create");
 
     // Unclaimed warm-pool members count: a pool of two fills team-d's quota, so a cold
     // create is refused, but claiming a member (no new session) is not.

@@ -132,7 +132,6 @@ impl Sessions for SessionsService {
     ) -> Result<Response<Session>, Status> {
         let caller = auth::caller(&request)?;
         let leader = self.cluster.require_leader().await?;
-        self.cluster.quotas.admit_create(&caller.tenant)?;
         let session = self
             .cluster
             .sessions
