@@ -324,6 +324,14 @@ impl Warm {
 
     /// One more turn reaches the same warm workload: the counter goes on by one, one
     /// warm-up, one cold start, the same container, never restarted.
+    /// Deletes the session; its container goes with it.
+    async fn delete(self, client: &mut SessionsClient<Channel>) -> anyhow::Result<()> {
+        client
+            .delete_session(DeleteSessionRequest { id: self.id })
+            .await?;
+        Ok(())
+    }
+
     async fn still_warm(
         &mut self,
         client: &mut SessionsClient<Channel>,
@@ -565,11 +573,7 @@ async fn agent_kill_9_and_restart_keeps_the_session_warm() -> anyhow::Result<()>
         distinct(&refusals)
     );
     warm.still_warm(&mut client, "one more turn").await?;
-    client
-        .delete_session(DeleteSessionRequest {
-            id: warm.id.clone(),
-        })
-        .await?;
+    warm.delete(&mut client).await?;
     drop(cleanup);
     Ok(())
 }
@@ -642,10 +646,7 @@ async fn leader_kill_9_fails_over_and_the_session_stays_warm() -> anyhow::Result
     );
     warm.still_warm(&mut on_b, "one more turn on the new leader")
         .await?;
-    on_b.delete_session(DeleteSessionRequest {
-        id: warm.id.clone(),
-    })
-    .await?;
+    warm.delete(&mut on_b).await?;
     drop(cleanup);
     Ok(())
 }
@@ -683,11 +684,7 @@ async fn lone_broker_kill_9_and_restart_keeps_the_session_warm() -> anyhow::Resu
         refusals.len(),
         distinct(&refusals)
     );
-    client
-        .delete_session(DeleteSessionRequest {
-            id: warm.id.clone(),
-        })
-        .await?;
+    warm.delete(&mut client).await?;
     drop(cleanup);
     Ok(())
 }
@@ -1040,11 +1037,7 @@ async fn etcd_outage_past_the_lease_pauses_service_and_keeps_the_session_warm() 
         info.epoch,
         distinct(&refusals)
     );
-    client
-        .delete_session(DeleteSessionRequest {
-            id: warm.id.clone(),
-        })
-        .await?;
+    warm.delete(&mut client).await?;
     drop(cleanup);
     Ok(())
 }
