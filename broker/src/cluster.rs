@@ -78,12 +78,17 @@ pub struct Cluster {
     pub drains: crate::drain::Drains,
     /// Commands and turns in flight to agents.
     pub turns: Arc<Turns>,
+    /// Every agent's turn link to this broker, leader or standby.
+    pub turn_links: crate::turn_links::TurnLinks,
     /// Cluster events.
     pub events: Arc<Events>,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Per-tenant quotas and create rate limits.
     pub quotas: crate::quota::Quotas,
+    /// Client tokens: the config file's, and the store's as [`crate::tokens::follow`]
+    /// keeps them.
+    pub tokens: Arc<crate::auth::Tokens>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
     role: watch::Sender<Role>,
@@ -95,6 +100,7 @@ impl Cluster {
         config: Config,
         advertise_url: String,
         store: Arc<dyn Store>,
+        tokens: Arc<crate::auth::Tokens>,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
@@ -107,6 +113,7 @@ impl Cluster {
         );
         Self {
             quotas: crate::quota::Quotas::new(config.quota.clone()),
+            tokens,
             broker_id: config.broker_id(),
             advertise_url,
             config,
@@ -117,6 +124,7 @@ impl Cluster {
             pools: Pools::default(),
             drains: Default::default(),
             turns: Arc::new(Turns::new(metrics.clone())),
+            turn_links: Default::default(),
             events,
             metrics,
             shutdown,
@@ -193,6 +201,7 @@ impl Cluster {
         self.nodes.load(&state).await?;
         self.sessions.load(self).await?;
         self.templates.load(self).await?;
+        self.quotas.load(&*self.store).await?;
         self.pools.clear();
         self.metrics.is_leader.set(1);
         self.metrics.epoch.set(state.epoch);

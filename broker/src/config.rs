@@ -46,6 +46,8 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// Per-tenant quotas and the create rate limit (`[quota]`); unlimited by default.
     pub quota: crate::quota::QuotaConfig,
+    /// Per-tenant network policy (`[network]`): egress, and sessions reaching each other.
+    pub network: crate::network::NetworkConfig,
 }
 
 /// Placement settings (DESIGN section 6).
@@ -119,6 +121,7 @@ impl Default for Config {
             limits: crate::limits::LimitsConfig::default(),
             auth: Default::default(),
             quota: Default::default(),
+            network: Default::default(),
         }
     }
 }
@@ -241,7 +244,21 @@ impl Config {
         self.limits.validate()?;
         self.auth.validate()?;
         self.quota.validate()?;
+        self.network.validate()?;
         Ok(())
+    }
+
+    /// Checks a spec of `tenant` (already through [`crate::convert::session_spec`])
+    /// against what the deployment allows: `[limits]` and `[network]`. `prefix` is where
+    /// the spec sits in the request (`spec`, `template.spec`).
+    pub fn check_spec(
+        &self,
+        tenant: &str,
+        prefix: &str,
+        spec: &hearth_sdk::proto::v1::SessionSpec,
+    ) -> crate::error::Result<()> {
+        self.limits.check_spec(tenant, prefix, spec)?;
+        self.network.check_spec(tenant, prefix, spec)
     }
 
     /// This broker's id.

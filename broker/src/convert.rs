@@ -7,8 +7,9 @@ use std::{
 };
 
 use hearth_sdk::proto::v1::{
-    ExecRequest, Gpu, GpuSource, Hello, IdleAction, InvokeRequest, Node, NodeCapacity, NodeState,
-    PlacementStrategy, SessionSpec, SessionState, readiness_probe,
+    Egress, ExecRequest, Gpu, GpuSource, Hello, IdleAction, InvokeRequest, Node, NodeCapacity,
+    NodeState, PlacementStrategy, PullPolicy, RestartMode, SessionSpec, SessionState,
+    readiness_probe,
 };
 
 use crate::error::{Error, Result};
@@ -311,6 +312,10 @@ mod tests {
 /// Most GPUs one session can have: a whole node. The deployment's own, usually lower,
 /// limit is `limits.max_gpus_per_session` ([`crate::limits`]).
 pub const MAX_GPUS_PER_SESSION: u32 = MAX_GPUS_PER_NODE as u32;
+/// Most restarts `spec.restart.max_restarts` may allow.
+pub const MAX_RESTARTS: u32 = 100;
+/// Restarts allowed by `ON_FAILURE` when `max_restarts` is 0.
+pub const DEFAULT_MAX_RESTARTS: u32 = 3;
 /// Most env entries or arguments (spec command, Exec argv, exec probe argv).
 pub const MAX_LIST_ENTRIES: usize = 256;
 /// Longest env value or argument.
@@ -522,8 +527,55 @@ pub fn session_spec(spec: Option<SessionSpec>) -> Result<CheckedSpec> {
         }
     };
     spec.set_idle_action(idle_action);
+    // Unset stays unset: the agent reads it as IF_NOT_PRESENT.
+    if PullPolicy::try_from(spec.pull_policy).is_err() {
+        return Err(Error::invalid(
+            "spec.pull_policy",
+            format!(
+                "{} is not IF_NOT_PRESENT, ALWAYS or NEVER",
+                spec.pull_policy
+            ),
+        ));
+    }
     let max_lifetime = optional_duration("spec.max_lifetime", spec.max_lifetime.as_ref())?
         .filter(|d| !d.is_zero());
+    if let Some(network) = &spec.network
+        && Egress::try_from(network.egress).is_err()
+    {
+        return Err(Error::invalid(
+            "spec.network.egress",
+            format!("{} is not ALLOW or DENY", network.egress),
+        ));
+    }
+    if let Some(restart) = spec.restart.as_mut() {
+        match RestartMode::try_from(restart.mode) {
+            Ok(RestartMode::Unspecified | RestartMode::Never) => {
+                restart.set_mode(RestartMode::Never);
+                restart.max_restarts = 0;
+            }
+            Ok(RestartMode::OnFailure) => {
+                if restart.max_restarts > MAX_RESTARTS {
+                    return Err(Error::invalid(
+                        "spec.restart.max_restarts",
+                        format!(
+                            "{} is more than {MAX_RESTARTS}; a workload that keeps failing \
+                             needs fixing, not restarting",
+                            restart.max_restarts
+                        ),
+                    ));
+                }
+                if restart.max_restarts == 0 {
+                    restart.max_restarts = DEFAULT_MAX_RESTARTS;
+                }
+            }
+            Err(_) => {
+                return Err(Error::invalid(
+                    "spec.restart.mode",
+                    format!("{} is not NEVER or ON_FAILURE", restart.mode),
+                ));
+            }
+        }
+    }
     if let Some(placement) = &spec.placement {
         labels("spec.placement.node_selector", &placement.node_selector)?;
         if PlacementStrategy::try_from(placement.strategy).is_err() {

@@ -1,21 +1,22 @@
 //! Draining a node: no new placements, and every session on it stopped between turns, or
 //! at its deadline even mid-turn.
 //!
-//! `DrainNode` marks the node draining and unschedulable (persisted with the node record)
-//! and gives it a deadline (kept in memory). A pass on the leader's session timer then
+//! `DrainNode` marks the node draining and unschedulable, with its deadline, in the node
+//! record. A pass on the leader's session timer then
 //! stops each session on the node that has no turn in flight: it closes the session to
 //! new turns first and checks for turns after, so a turn is either refused before it
 //! runs or finishes before the stop. Warm-pool members are retired, and the pool refills
 //! on another node. Past the deadline, sessions still busy are stopped anyway. The node
 //! stays cordoned once empty; `UncordonNode` ends a drain.
 //!
-//! A broker that takes over finds the draining flag in the node record but not the
-//! deadline, and gives the drain a fresh default deadline from then.
+//! A broker that takes over finds the drain and its deadline in the node record, and keeps
+//! the deadline: it reads the wall-clock deadline the previous leader wrote against its
+//! own clock (a record without one, from an older broker, gets the default from then).
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use hearth_sdk::proto::v1::Node;
@@ -55,7 +56,10 @@ impl Drains {
         node_id: &str,
         deadline: Duration,
     ) -> Result<Node> {
-        let node = cluster.nodes.set_draining(leader, node_id, true).await?;
+        let node = cluster
+            .nodes
+            .set_draining(leader, node_id, SystemTime::now() + deadline)
+            .await?;
         lock(&self.deadlines).insert(node_id.to_owned(), Instant::now() + deadline);
         lock(&self.announced).remove(node_id);
         let sessions = cluster.sessions.on_node(node_id).len();
@@ -81,18 +85,29 @@ impl Drains {
     /// One pass: stops what can be stopped on every draining node. Stops run in their own
     /// tasks, so a slow agent does not hold up the pass.
     pub fn tick(&self, cluster: &Arc<Cluster>, leader: &LeaderState) {
-        let draining: Vec<String> = cluster
+        let draining: Vec<(String, Option<SystemTime>)> = cluster
             .nodes
             .list()
             .into_iter()
             .filter(|n| n.draining)
-            .map(|n| n.id)
+            .map(|n| {
+                (
+                    n.id,
+                    n.drain_deadline
+                        .as_ref()
+                        .and_then(hearth_sdk::time::system_time),
+                )
+            })
             .collect();
         let now = Instant::now();
-        for node_id in draining {
+        for (node_id, recorded) in draining {
             let deadline = *lock(&self.deadlines)
                 .entry(node_id.clone())
-                .or_insert(now + DEFAULT_DEADLINE);
+                .or_insert_with(|| match recorded {
+                    // Taken over: what is left of the deadline the record holds.
+                    Some(at) => now + at.duration_since(SystemTime::now()).unwrap_or_default(),
+                    None => now + DEFAULT_DEADLINE,
+                });
             let sessions = cluster.sessions.on_node(&node_id);
             if sessions.is_empty() {
                 if lock(&self.announced).insert(node_id.clone()) {

@@ -100,6 +100,7 @@ pub async fn check_sessions(cluster: Arc<Cluster>, shutdown: CancellationToken) 
                 last_flush = tokio::time::Instant::now();
             }
             cluster.sessions.check_idle(&cluster, &leader, flush).await;
+            cluster.sessions.restart_due(&cluster, &leader);
             cluster.drains.tick(&cluster, &leader);
         }
     }

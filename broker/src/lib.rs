@@ -14,6 +14,7 @@
 //! - `leader.rs`: campaign, take over, step down; the leader-only liveness timer.
 //! - `limits.rs`: the deployment's limits on specs (GPUs per session, image allowlist,
 //!   capabilities per tenant).
+//! - `network.rs`: per-tenant network policy (egress, sessions reaching each other).
 //! - `cluster.rs`: shared state every service holds (role, store, nodes, events).
 //! - `nodes.rs`: the node registry, agent streams and liveness transitions.
 //! - `placement.rs`: which node and GPUs a session gets.
@@ -24,6 +25,8 @@
 //! - `tls.rs`: TLS on the gRPC port, node identity from agent certificates, the refusal
 //!   to listen in plaintext beyond loopback.
 //! - `auth.rs`: bearer tokens → tenant and role; the interceptor on the client services.
+//! - `tokens.rs`: tokens made through `Admin` and kept in the store; every broker follows
+//!   them with a watch.
 //! - `quota.rs`: per-tenant session and GPU quotas, the create rate limit.
 //! - `convert.rs`: the proto boundary; validation that names the field.
 //! - `api.rs` + `api/`: one file per `hearth.v1` gRPC service.
@@ -43,6 +46,7 @@ pub mod events;
 pub mod leader;
 pub mod limits;
 pub mod metrics;
+pub mod network;
 pub mod nodes;
 pub mod placement;
 pub mod pools;
@@ -51,6 +55,8 @@ pub mod sessions;
 pub mod store;
 pub mod templates;
 pub mod tls;
+pub mod tokens;
+pub mod turn_links;
 pub mod turns;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -122,6 +128,7 @@ pub async fn run(
     config.validate()?;
     let advertise_url = config.advertise_url();
     let store = open_store(&config).await?;
+    let tokens = Arc::new(auth::Tokens::from_config(&config.auth)?);
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -131,6 +138,7 @@ pub async fn run(
         config,
         advertise_url,
         store,
+        tokens.clone(),
         metrics,
         stop.clone(),
     ));
@@ -143,6 +151,7 @@ pub async fn run(
     );
 
     let (ready_tx, ready_rx) = watch::channel(false);
+    let (standby_tx, standby_rx) = watch::channel(false);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Both reflection versions, because the grpcurl operators run (1.8.x) asks v1alpha;
     // each lists both so either shows the whole surface.
@@ -162,16 +171,20 @@ pub async fn run(
     let liveness = tokio::spawn(leader::check_liveness(cluster.clone(), stop.clone()));
     let idle = tokio::spawn(leader::check_sessions(cluster.clone(), stop.clone()));
     let pools = tokio::spawn(leader::fill_pools(cluster.clone(), stop.clone()));
+    // Every broker, standbys too, so a revoked token is refused wherever it is sent.
+    let follow_tokens = tokio::spawn(tokens::follow(cluster.clone(), stop.clone()));
     let health = tokio::spawn(report_health(
         cluster.watch_role(),
         health_reporter,
         ready_tx,
         stop.clone(),
     ));
+    let standby_health = tokio::spawn(report_standby(cluster.clone(), standby_tx, stop.clone()));
 
     let admin_state = hearth_sdk::ops::AdminState {
         registry: Arc::new(registry),
         ready: ready_rx,
+        standby: Some(standby_rx),
     };
     let admin_stop = stop.clone();
     let admin_server = tokio::spawn(async move {
@@ -185,7 +198,6 @@ pub async fn run(
     // Client services sit behind the token interceptor, which puts the caller's tenant
     // and role in each request; health and reflection stay open (probes, grpcurl list),
     // and NodeAgent is for agents, which their certificates identify.
-    let tokens = Arc::new(auth::Tokens::from_config(&cluster.config.auth)?);
     if tokens.enabled() {
         tracing::info!(
             tokens = tokens.count(),
@@ -242,7 +254,9 @@ pub async fn run(
     let _ = liveness.await;
     let _ = idle.await;
     let _ = pools.await;
+    let _ = follow_tokens.await;
     let _ = health.await;
+    let _ = standby_health.await;
     for (name, task) in [("gRPC server", server), ("admin HTTP server", admin_server)] {
         let abort = task.abort_handle();
         match tokio::time::timeout(SHUTDOWN_GRACE, task).await {
@@ -257,6 +271,35 @@ pub async fn run(
     }
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// How often a standby checks that it can still read the store, for
+/// `/ready?standby=ok`.
+const STANDBY_CHECK: Duration = Duration::from_secs(1);
+
+/// Keeps `standby` true while this broker could take over: it leads, or it read the
+/// leader key from the store within the last check. A standby cut off from the store
+/// could neither lead nor name the leader, so it drops out of `/ready?standby=ok` and a
+/// Service stops sending it clients.
+async fn report_standby(
+    cluster: Arc<Cluster>,
+    standby: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let ok = match cluster.role() {
+            Role::Leader(_) => true,
+            Role::Standby => cluster.store.leader().await.is_ok(),
+        };
+        standby.send_replace(ok);
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                standby.send_replace(false);
+                return;
+            }
+            _ = tokio::time::sleep(STANDBY_CHECK) => {}
+        }
+    }
 }
 
 /// Health follows the role: SERVING only on the leader, so load balancers and `/ready`

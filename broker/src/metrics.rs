@@ -28,6 +28,11 @@ pub struct Metrics {
     pub agent_streams: Gauge,
     /// Agent streams refused (standby, bad Hello).
     pub agent_streams_refused_total: Counter,
+    /// Turn links open now (`NodeAgent.ConnectTurns`).
+    pub turn_links: Gauge,
+    /// Turns sent through a turn link (no main stream to the node here: a standby while
+    /// the leader is down, or a new leader before the node's stream reached it).
+    pub turns_via_link_total: Counter,
     /// Telemetry samples received.
     pub telemetry_received_total: Counter,
     /// Writes to the store.
@@ -88,6 +93,16 @@ impl Metrics {
             "agent_streams_refused",
             "Agent streams refused (standby or bad Hello)",
             self.agent_streams_refused_total.clone(),
+        );
+        r.register(
+            "turn_links",
+            "Turn links (NodeAgent.ConnectTurns) open now",
+            self.turn_links.clone(),
+        );
+        r.register(
+            "turns_via_link",
+            "Turns sent through a turn link, with no main stream to the node here",
+            self.turns_via_link_total.clone(),
         );
         r.register(
             "telemetry_received",

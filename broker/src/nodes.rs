@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use hearth_sdk::proto::v1::{BrokerMessage, Node, NodeState, NodeTelemetry};
+use hearth_sdk::proto::v1::{BrokerMessage, GpuExclusion, Node, NodeState, NodeTelemetry};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -213,6 +213,8 @@ impl Nodes {
                     // Operator decisions survive reconnects.
                     node.schedulable = p.node.schedulable;
                     node.draining = p.node.draining;
+                    node.drain_deadline = p.node.drain_deadline;
+                    node.excluded_gpus = p.node.excluded_gpus.clone();
                     node.session_ids = p.node.session_ids.clone();
                     if p.node.state() == NodeState::Ready {
                         node.state_changed_at = p.node.state_changed_at;
@@ -276,6 +278,11 @@ impl Nodes {
         connection_id: u64,
         telemetry: Option<NodeTelemetry>,
     ) -> Result<()> {
+        // Rare: only a sample reporting an XID is kept aside, for the exclusion check.
+        let with_xid = telemetry
+            .as_ref()
+            .filter(|t| t.gpus.iter().any(|g| !g.xid_events.is_empty()))
+            .cloned();
         let transition = {
             let mut entries = self.lock();
             let Some(entry) = entries.get_mut(node_id) else {
@@ -305,6 +312,9 @@ impl Nodes {
         };
         if let Some(t) = transition {
             self.apply(leader, t).await?;
+        }
+        if let Some(t) = with_xid {
+            self.exclude_failed_gpus(leader, node_id, &t).await?;
         }
         Ok(())
     }
@@ -371,7 +381,8 @@ impl Nodes {
         Ok(())
     }
 
-    /// Cordons or uncordons a node. Uncordoning also ends a drain.
+    /// Cordons or uncordons a node. Uncordoning also ends a drain and gives back the
+    /// GPUs excluded after a fatal XID (the operator says the node is fixed).
     pub async fn set_schedulable(
         &self,
         leader: &LeaderState,
@@ -382,6 +393,8 @@ impl Nodes {
             node.schedulable = schedulable;
             if schedulable {
                 node.draining = false;
+                node.drain_deadline = None;
+                node.excluded_gpus.clear();
             }
         })
         .await?;
@@ -395,21 +408,74 @@ impl Nodes {
         self.get(node_id)
     }
 
-    /// Marks a node draining (and cordoned), or not draining.
+    /// Marks a node draining (and cordoned) until `deadline`, kept in the store so a
+    /// broker that takes over keeps it.
     pub async fn set_draining(
         &self,
         leader: &LeaderState,
         node_id: &str,
-        draining: bool,
+        deadline: SystemTime,
     ) -> Result<Node> {
         self.update(leader, node_id, |node| {
-            node.draining = draining;
-            if draining {
-                node.schedulable = false;
-            }
+            node.draining = true;
+            node.schedulable = false;
+            node.drain_deadline = Some(hearth_sdk::time::timestamp(deadline));
         })
         .await?;
         self.get(node_id)
+    }
+
+    /// Takes GPUs that reported a fatal XID in `telemetry` out of placement for good (until
+    /// `UncordonNode`), in the node's record, with an event for each.
+    async fn exclude_failed_gpus(
+        &self,
+        leader: &LeaderState,
+        node_id: &str,
+        telemetry: &NodeTelemetry,
+    ) -> Result<()> {
+        let failed: Vec<(String, u64)> = {
+            let entries = self.lock();
+            let Some(entry) = entries.get(node_id) else {
+                return Ok(());
+            };
+            telemetry
+                .gpus
+                .iter()
+                .filter(|g| !entry.node.excluded_gpus.iter().any(|x| x.uuid == g.uuid))
+                .filter_map(|g| {
+                    g.xid_events
+                        .iter()
+                        .find(|x| crate::placement::FATAL_XIDS.contains(&x.code))
+                        .map(|x| (g.uuid.clone(), x.code))
+                })
+                .collect()
+        };
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let at = hearth_sdk::time::now();
+        self.update(leader, node_id, |node| {
+            for (uuid, xid) in &failed {
+                node.excluded_gpus.push(GpuExclusion {
+                    uuid: uuid.clone(),
+                    xid: *xid,
+                    at: Some(at),
+                });
+            }
+        })
+        .await?;
+        for (uuid, xid) in failed {
+            self.events.emit(
+                "gpu.excluded",
+                node_id,
+                "",
+                format!(
+                    "GPU {uuid} on node {node_id} reported fatal XID {xid}: no new sessions \
+                     on it until `UncordonNode` (after a reset or a reboot)"
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// Changes a node's record with `change` and persists it.

@@ -44,7 +44,7 @@ impl Strategy {
 /// XID codes after which a GPU gets no new sessions: it fell off the bus (79), had a
 /// double-bit or uncontained ECC error (48, 95), needs a row remap (63, 64), or its GSP
 /// firmware failed (119, 120).
-const FATAL_XIDS: [u64; 7] = [48, 63, 64, 79, 95, 119, 120];
+pub const FATAL_XIDS: [u64; 7] = [48, 63, 64, 79, 95, 119, 120];
 
 /// Where a session goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,15 +209,17 @@ fn free_vram(telemetry: Option<&NodeTelemetry>, gpu: &Gpu) -> u64 {
         .unwrap_or(gpu.memory_total_bytes)
 }
 
-/// True when the latest telemetry reports a fatal XID for `gpu`.
-fn lost_to_xid(telemetry: Option<&NodeTelemetry>, gpu: &Gpu) -> bool {
-    telemetry.is_some_and(|t| {
-        t.gpus
-            .iter()
-            .filter(|s| s.uuid == gpu.uuid)
-            .flat_map(|s| &s.xid_events)
-            .any(|x| FATAL_XIDS.contains(&x.code))
-    })
+/// True when the node's record excludes `gpu` after a fatal XID, or the latest telemetry
+/// reports one (before the exclusion is written).
+fn lost_to_xid(node: &Node, telemetry: Option<&NodeTelemetry>, gpu: &Gpu) -> bool {
+    node.excluded_gpus.iter().any(|x| x.uuid == gpu.uuid)
+        || telemetry.is_some_and(|t| {
+            t.gpus
+                .iter()
+                .filter(|s| s.uuid == gpu.uuid)
+                .flat_map(|s| &s.xid_events)
+                .any(|x| FATAL_XIDS.contains(&x.code))
+        })
 }
 
 fn fit<'a>(
@@ -254,7 +256,7 @@ fn fit<'a>(
         .gpus
         .iter()
         .filter(|g| !taken(&node.id, &g.uuid))
-        .filter(|g| !lost_to_xid(view.telemetry, g))
+        .filter(|g| !lost_to_xid(node, view.telemetry, g))
         .collect();
     let mut matching: Vec<(&Gpu, u64)> = free
         .iter()
@@ -665,6 +667,28 @@ mod tests {
         sample(&mut n, 1, 0, Some(31)); // a page fault in one app: not fatal
         let p = place(&[n], &Allocated::new(), &want(1), None, Strategy::Binpack).unwrap();
         assert_eq!(p.gpu_uuids, vec!["GPU-a-1"]);
+    }
+
+    #[test]
+    fn a_gpu_excluded_in_the_record_stays_out_after_clean_telemetry() {
+        let mut n = node("a", 2, "H100");
+        sample(&mut n, 0, 0, None);
+        sample(&mut n, 1, 0, None);
+        n.excluded_gpus.push(hearth_sdk::proto::v1::GpuExclusion {
+            uuid: "GPU-a-0".into(),
+            xid: 79,
+            at: None,
+        });
+        let p = place(
+            &[n.clone()],
+            &Allocated::new(),
+            &want(1),
+            None,
+            Strategy::Binpack,
+        )
+        .unwrap();
+        assert_eq!(p.gpu_uuids, vec!["GPU-a-1"]);
+        assert!(place(&[n], &Allocated::new(), &want(2), None, Strategy::Binpack).is_err());
     }
 
     #[test]

@@ -163,7 +163,6 @@ pub async fn create_from_template(
     // Again at each use: the limits may have been tightened since the template was written.
     cluster
         .config
-        .limits
         .check_spec(tenant, "template.spec", &template.spec.spec)?;
     let ready_timeout = template.spec.ready_timeout;
     let sessions = &cluster.sessions;
@@ -174,7 +173,10 @@ pub async fn create_from_template(
         return Ok(earlier);
     }
     // Only a create that makes (or claims) a session counts: a retry is answered above.
-    cluster.quotas.admit_create(tenant)?;
+    cluster
+        .quotas
+        .admit_create(&*cluster.store, leader.epoch, tenant)
+        .await?;
     let id = template.id();
     let usable = |node: &str| cluster.nodes.state(node) == Some(NodeState::Ready);
     for _ in 0..CLAIM_TRIES {
@@ -380,7 +382,6 @@ async fn reconcile_pool(cluster: &Arc<Cluster>, leader: &LeaderState, template: 
     let name = &template.template.name;
     if let Err(e) = cluster
         .config
-        .limits
         .check_spec(&id.0, "template.spec", &template.spec.spec)
     {
         cluster.pools.fill_failed(cluster, &id, &e.to_string());

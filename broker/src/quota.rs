@@ -17,6 +17,12 @@
 //! and GPUs under one lock, counted together with the live sessions and the reservations
 //! of creates still booking, and the reservation ends once the booking has committed (the
 //! session is then live and counted as such) or failed.
+//!
+//! Across a leader change: session and GPU counts are the live sessions, which a new
+//! leader loads from the store. The rate bucket is written to the store (`quota/<tenant>`:
+//! tokens left, and when) with every create it admits, before the create goes on, and a
+//! new leader loads it, refilled for the time since. So a leader kill is no way to a fresh
+//! burst.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -24,9 +30,34 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prost::Message as _;
 use serde::Deserialize;
 
-use crate::{auth::check_tenant, config::ConfigError, error::Error};
+use crate::{
+    auth::check_tenant,
+    config::ConfigError,
+    error::Error,
+    store::{Store, Txn},
+};
+
+/// Where the store keeps each tenant's create-rate bucket: `quota/<tenant>`.
+pub const QUOTA_PREFIX: &str = "quota/";
+
+/// A tenant's create-rate bucket as the store keeps it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BucketRecord {
+    /// Tokens left after the last admitted create.
+    #[prost(double, tag = "1")]
+    pub tokens: f64,
+    /// When, as milliseconds since the Unix epoch on the leader that wrote it.
+    #[prost(int64, tag = "2")]
+    pub at_unix_ms: i64,
+}
+
+fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// Limits; `None` is unlimited.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -100,6 +131,9 @@ struct TenantState {
 pub struct Quotas {
     config: QuotaConfig,
     tenants: Mutex<HashMap<String, TenantState>>,
+    /// Held from a rate decision through its write to the store, so the store gets the
+    /// buckets in the order they were taken from.
+    persisting: tokio::sync::Mutex<()>,
 }
 
 /// A create's share of its tenant's quota while it books; released on drop.
@@ -130,7 +164,36 @@ impl Quotas {
         Self {
             config,
             tenants: Mutex::default(),
+            persisting: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Takes up the rate buckets the store holds, each refilled for the time since it was
+    /// written (by the wall clock: the previous leader's against this one's, the one place
+    /// Hearth compares them; a skew of a few seconds changes the refill by as many seconds
+    /// of rate, and a clock behind counts as no time at all). Tenants without a record
+    /// start full, as they would have on the previous leader. Call when taking over.
+    pub async fn load(&self, store: &dyn Store) -> Result<(), Error> {
+        let records = store.list(QUOTA_PREFIX).await?;
+        let now_ms = unix_ms(std::time::SystemTime::now());
+        let now = Instant::now();
+        let mut tenants = self.lock();
+        tenants.clear();
+        for kv in records {
+            let tenant = &kv.key[QUOTA_PREFIX.len()..];
+            let Some(per_minute) = self.config.limits(tenant).creates_per_minute else {
+                continue;
+            };
+            let Ok(record) = BucketRecord::decode(kv.value.as_slice()) else {
+                tracing::warn!(key = kv.key, "skipping a corrupt rate bucket");
+                continue;
+            };
+            let capacity = f64::from(per_minute);
+            let elapsed = (now_ms.saturating_sub(record.at_unix_ms)).max(0) as f64 / 1000.0;
+            let tokens = (record.tokens + elapsed * capacity / 60.0).clamp(0.0, capacity);
+            tenants.entry(tenant.to_owned()).or_default().bucket = Some((tokens, now));
+        }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TenantState>> {
@@ -185,15 +248,46 @@ impl Quotas {
         })
     }
 
-    /// Takes one create from `tenant`'s rate limit, or RESOURCE_EXHAUSTED naming the
-    /// limit, the tenant and when to retry.
-    pub fn admit_create(&self, tenant: &str) -> Result<(), Error> {
-        self.admit_create_at(tenant, Instant::now())
+    /// Takes one create from `tenant`'s rate limit and writes the bucket to the store
+    /// (fenced by `epoch`), or RESOURCE_EXHAUSTED naming the limit, the tenant and when to
+    /// retry. A bucket the store did not take is given its token back.
+    pub async fn admit_create(
+        &self,
+        store: &dyn Store,
+        epoch: i64,
+        tenant: &str,
+    ) -> Result<(), Error> {
+        if self.config.limits(tenant).creates_per_minute.is_none() {
+            return Ok(());
+        }
+        let _ordered = self.persisting.lock().await;
+        let Some(tokens) = self.admit_create_at(tenant, Instant::now())? else {
+            return Ok(());
+        };
+        let record = BucketRecord {
+            tokens,
+            at_unix_ms: unix_ms(std::time::SystemTime::now()),
+        };
+        let txn = Txn::fenced(epoch).put(format!("{QUOTA_PREFIX}{tenant}"), record.encode_to_vec());
+        let written = match store.txn(txn).await {
+            Ok(outcome) if outcome.succeeded => Ok(()),
+            Ok(_) => Err(Error::Deposed),
+            Err(e) => Err(e.into()),
+        };
+        if written.is_err()
+            && let Some(state) = self.lock().get_mut(tenant)
+            && let Some((tokens, _)) = state.bucket.as_mut()
+        {
+            *tokens += 1.0;
+        }
+        written
     }
 
-    fn admit_create_at(&self, tenant: &str, now: Instant) -> Result<(), Error> {
+    /// The rate decision at `now`: the tokens left after taking one (`None` without a
+    /// limit), or RESOURCE_EXHAUSTED.
+    fn admit_create_at(&self, tenant: &str, now: Instant) -> Result<Option<f64>, Error> {
         let Some(per_minute) = self.config.limits(tenant).creates_per_minute else {
-            return Ok(());
+            return Ok(None);
         };
         let capacity = f64::from(per_minute);
         let per_second = capacity / 60.0;
@@ -205,7 +299,7 @@ impl Quotas {
         *since = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
-            return Ok(());
+            return Ok(Some(*tokens));
         }
         let retry = if per_second > 0.0 {
             let wait = Duration::from_secs_f64(((1.0 - *tokens) / per_second).max(0.001));
@@ -342,7 +436,44 @@ mod tests {
                 .is_err()
         );
         let zero = Quotas::new(config("creates_per_minute = 0\n"));
+        assert_eq!(
+            Quotas::new(config("")).admit_create_at("a", t0).unwrap(),
+            None,
+            "no limit, no bucket to keep"
+        );
         let err = zero.admit_create_at("a", t0).unwrap_err().to_string();
         assert!(err.contains("disabled"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_bucket_survives_in_the_store_and_refills_for_the_time_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::EmbeddedStore::open(dir.path().join("s")).unwrap();
+        let settings = "[tenants.a]\ncreates_per_minute = 2\n";
+        let leader = Quotas::new(config(settings));
+        leader.admit_create(&store, 0, "a").await.unwrap();
+        leader.admit_create(&store, 0, "a").await.unwrap();
+        assert!(leader.admit_create(&store, 0, "a").await.is_err());
+        // A new leader takes the empty bucket over instead of starting full.
+        let next = Quotas::new(config(settings));
+        next.load(&store).await.unwrap();
+        let err = next
+            .admit_create(&store, 0, "a")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("creates_per_minute 2 reached"), "{err}");
+        // Written 45 s ago: one and a half tokens have come back since.
+        let earlier = BucketRecord {
+            tokens: 0.0,
+            at_unix_ms: unix_ms(std::time::SystemTime::now()) - 45_000,
+        };
+        crate::store::put(&store, "quota/a", earlier.encode_to_vec())
+            .await
+            .unwrap();
+        let later = Quotas::new(config(settings));
+        later.load(&store).await.unwrap();
+        later.admit_create(&store, 0, "a").await.unwrap();
+        assert!(later.admit_create(&store, 0, "a").await.is_err());
     }
 }

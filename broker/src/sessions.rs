@@ -38,8 +38,9 @@ use std::{
 
 use hearth_sdk::proto::v1::{
     CommandMeta, CreateSessionRequest, GpuRequest, IdleAction, NodeState, PauseSessionCommand,
-    PlacementSpec, ResumeSessionCommand, RunningSession, Session, SessionEvent, SessionSpec,
-    SessionState, StartSessionCommand, StopSessionCommand, broker_message, create_session_request,
+    PlacementSpec, RestartMode, ResumeSessionCommand, RunningSession, Session, SessionEvent,
+    SessionSpec, SessionState, StartSessionCommand, StopSessionCommand, broker_message,
+    create_session_request,
 };
 use prost::Message as _;
 use tokio::sync::watch;
@@ -64,8 +65,40 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often activity is flushed to the store.
 pub const ACTIVITY_FLUSH: Duration = Duration::from_secs(5);
+/// Wait before a session's first restart under `spec.restart`; it doubles per restart.
+pub const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait before a restart.
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-fn session_key(id: &str) -> String {
+/// How often a pull's progress goes to the cluster's events, at most.
+pub const PULL_EVENT_EVERY: Duration = Duration::from_secs(1);
+
+/// A pull's progress in words: "pulling image x: 3.1 of 12.0 MiB, 1 of 3 layers".
+fn pull_words(p: &hearth_sdk::proto::v1::PullProgress) -> String {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    if p.layers_total == 0 && !p.done {
+        return format!("pulling image {}: asking the registry", p.image);
+    }
+    if p.done {
+        return format!(
+            "pulled image {}: {:.1} MiB, {} layers",
+            p.image,
+            mib(p.total_bytes),
+            p.layers_total
+        );
+    }
+    format!(
+        "pulling image {}: {:.1} of {:.1} MiB, {} of {} layers",
+        p.image,
+        mib(p.done_bytes),
+        mib(p.total_bytes),
+        p.layers_done,
+        p.layers_total
+    )
+}
+
+/// The store key of session `id`.
+pub fn session_key(id: &str) -> String {
     format!("{SESSIONS_PREFIX}{id}")
 }
 
@@ -75,6 +108,12 @@ fn gpu_key(node: &str, uuid: &str) -> String {
 
 fn request_key(tenant: &str, request_id: &str) -> String {
     format!("requests/{tenant}/{request_id}")
+}
+
+/// The most restarts `spec.restart` allows, or `None` when it allows none.
+fn restart_limit(record: &Session) -> Option<u32> {
+    let restart = record.spec.as_ref()?.restart.as_ref()?;
+    (restart.mode() == RestartMode::OnFailure).then_some(restart.max_restarts.max(1))
 }
 
 /// True for states a session never leaves.
@@ -108,6 +147,15 @@ pub struct Entry {
     /// Set when the session is to stop once its turns end (a drain): no new turn starts.
     closing: AtomicBool,
     dirty: AtomicBool,
+    /// When a restart under `spec.restart` is due (the session is PLACED until then).
+    restart_at: Mutex<Option<Instant>>,
+    /// PLACED when this leader loaded it, and no start sent since: the start of a leader
+    /// that is gone. The agent's Hello settles it (see `settle_placed`).
+    start_unsent: AtomicBool,
+    /// When the node last reported progress of the image pull the start waits for, and
+    /// when that was last put in the cluster's events.
+    pull_heard: Mutex<Option<Instant>>,
+    pull_logged: Mutex<Option<Instant>>,
 }
 
 impl Entry {
@@ -131,6 +179,10 @@ impl Entry {
             inflight: AtomicU32::new(0),
             closing: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            restart_at: Mutex::new(None),
+            start_unsent: AtomicBool::new(false),
+            pull_heard: Mutex::new(None),
+            pull_logged: Mutex::new(None),
         })
     }
 
@@ -193,6 +245,8 @@ pub struct Route {
     pub node_id: String,
     /// The session's generation.
     pub generation: u64,
+    /// The turn goes through the node's turn link (no main stream to the node yet).
+    pub via_link: bool,
     /// Keeps the session busy until the turn ends.
     pub guard: TurnGuard,
 }
@@ -302,7 +356,10 @@ impl Sessions {
                 .and_then(|t| SystemTime::now().duration_since(t).ok())
                 .unwrap_or_default();
             let from = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-            entries.insert(s.id.clone(), Entry::new(s, from, kv.mod_revision));
+            let placed = s.state() == SessionState::Placed;
+            let entry = Entry::new(s, from, kv.mod_revision);
+            entry.start_unsent.store(placed, Ordering::Relaxed);
+            entries.insert(entry.id(), entry);
         }
         let mut pooled = HashMap::new();
         let mut stale = Vec::new();
@@ -440,10 +497,7 @@ impl Sessions {
             None => return Err(Error::invalid("spec", "is required (or give a template)")),
         };
         let checked = convert::session_spec(Some(spec))?;
-        cluster
-            .config
-            .limits
-            .check_spec(tenant, "spec", &checked.spec)?;
+        cluster.config.check_spec(tenant, "spec", &checked.spec)?;
         let labels = convert::session_labels(&request.labels)?;
         convert::request_id(&request.request_id)?;
         if let Some(earlier) = self
@@ -459,7 +513,10 @@ impl Sessions {
             return Ok(earlier);
         }
         // Only a create that makes a session counts: a retry of one is answered above.
-        cluster.quotas.admit_create(tenant)?;
+        cluster
+            .quotas
+            .admit_create(&*cluster.store, leader.epoch, tenant)
+            .await?;
         let launch = Launch {
             tenant: tenant.to_owned(),
             spec: checked,
@@ -468,7 +525,24 @@ impl Sessions {
             request_id: request.request_id,
             pool: false,
         };
-        self.launch(cluster, leader, launch, request.no_wait).await
+        if !request.no_wait {
+            return self.launch(cluster, leader, launch, false).await;
+        }
+        // Placed is enough: the start (an image pull can take minutes) goes on in the
+        // background, and its progress and outcome reach WatchSession. A start that fails
+        // leaves the session FAILED with the reason, as a waited-for one does.
+        let entry = match self.book(cluster, leader, launch).await? {
+            Booked::New(entry) => entry,
+            Booked::Earlier(session) => return Ok(*session),
+        };
+        let placed = entry.snapshot();
+        let (cluster, leader) = (cluster.clone(), leader.clone());
+        tokio::spawn(async move {
+            if let Err(e) = cluster.sessions.start(&cluster, &leader, &entry).await {
+                tracing::info!(session = entry.id(), error = %e, "start of a session created without waiting failed");
+            }
+        });
+        Ok(placed)
     }
 
     /// Books, starts and (unless `no_wait`) waits for a new session.
@@ -746,18 +820,26 @@ impl Sessions {
         let entry = self.entry(&session.tenant, &session.id)?;
         let mut changes = entry.subscribe();
         let wait = ready_timeout + START_TIMEOUT;
-        let waited = tokio::time::timeout(wait, async {
-            loop {
-                match entry.state() {
-                    SessionState::Placed | SessionState::Starting => {}
-                    _ => return,
-                }
-                if changes.changed().await.is_err() {
-                    return;
-                }
+        // An image pull in progress moves the deadline: `wait` counts from its last
+        // progress report, so a large image is not cut off while it still downloads.
+        let began = Instant::now();
+        let deadline = || {
+            let heard = *lock(&entry.pull_heard);
+            heard.map_or(began, |h| h.max(began)) + wait
+        };
+        let waited = loop {
+            match entry.state() {
+                SessionState::Placed | SessionState::Starting => {}
+                _ => break Ok(()),
             }
-        })
-        .await;
+            let until = deadline();
+            match tokio::time::timeout_at(until.into(), changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break Ok(()),
+                Err(elapsed) if deadline() <= until => break Err(elapsed),
+                Err(_) => {}
+            }
+        };
         let s = self.get(cluster, &session.tenant, &session.id).await?;
         match (waited, s.state()) {
             (_, SessionState::Failed) => Err(Error::FailedPrecondition(format!(
@@ -811,6 +893,10 @@ impl Sessions {
             spec: record.spec.clone(),
             gpu_uuids: record.gpu_uuids.clone(),
             tenant: record.tenant.clone(),
+            network: Some(cluster.config.network.resolve(
+                &record.tenant,
+                record.spec.as_ref().unwrap_or(&Default::default()),
+            )),
         });
         let reply = cluster
             .turns
@@ -840,7 +926,19 @@ impl Sessions {
             }
             Ok(_) => Ok(()),
             Err(e) => {
-                let reason = e.to_string();
+                // Named by field, as the caller's error is, for those who only see the
+                // session (a create that did not wait, WatchSession).
+                let reason = match &e {
+                    Error::Node {
+                        code: Code::NotFound,
+                        message,
+                    } => format!("invalid spec.image: {message}"),
+                    Error::Node {
+                        code: Code::InvalidArgument,
+                        message,
+                    } => format!("invalid spec: {message}"),
+                    other => other.to_string(),
+                };
                 self.fail(
                     cluster,
                     leader,
@@ -848,15 +946,26 @@ impl Sessions {
                     &format!("start failed on node {}: {reason}", record.node_id),
                 )
                 .await?;
+                // The caller learns which session failed, to look it up.
+                let failed = |message: String| {
+                    format!(
+                        "session {} failed to start on node {}: {message}",
+                        record.id, record.node_id
+                    )
+                };
                 Err(match e {
                     Error::Node {
                         code: Code::NotFound,
                         message,
-                    } => Error::invalid("spec.image", message),
+                    } => Error::invalid("spec.image", failed(message)),
                     Error::Node {
                         code: Code::InvalidArgument,
                         message,
-                    } => Error::invalid("spec", message),
+                    } => Error::invalid("spec", failed(message)),
+                    Error::Node { code, message } => Error::Node {
+                        code,
+                        message: failed(message),
+                    },
                     other => other,
                 })
             }
@@ -969,8 +1078,145 @@ impl Sessions {
         if is_terminal(entry.state()) {
             return Ok(());
         }
-        self.transition(cluster, leader, entry, SessionState::Failed, reason, |_| {})
-            .await
+        let (limit, restarts, stopping) = {
+            let r = lock(&entry.record);
+            (
+                restart_limit(&r),
+                r.restarts,
+                r.state() == SessionState::Stopping,
+            )
+        };
+        match limit {
+            // A session being stopped is not started again, whatever its policy.
+            Some(max) if !stopping && restarts < max => {
+                self.restart_later(cluster, leader, entry, reason, restarts + 1, max)
+                    .await
+            }
+            Some(max) if !stopping => {
+                let reason = format!(
+                    "{reason} (no restart left: it was restarted {restarts} times, \
+                     spec.restart.max_restarts is {max})"
+                );
+                self.transition(
+                    cluster,
+                    leader,
+                    entry,
+                    SessionState::Failed,
+                    &reason,
+                    |_| {},
+                )
+                .await
+            }
+            _ => {
+                self.transition(cluster, leader, entry, SessionState::Failed, reason, |_| {})
+                    .await
+            }
+        }
+    }
+
+    /// Restart `n` of `max` under `spec.restart`: the session goes back to PLACED with a
+    /// new generation, keeping its node and GPUs, and its start is sent once the backoff
+    /// has passed (see [`Sessions::restart_due`]).
+    async fn restart_later(
+        &self,
+        cluster: &Cluster,
+        leader: &LeaderState,
+        entry: &Arc<Entry>,
+        reason: &str,
+        n: u32,
+        max: u32,
+    ) -> Result<()> {
+        let wait = RESTART_BACKOFF
+            .saturating_mul(1 << (n - 1).min(5))
+            .min(RESTART_BACKOFF_MAX);
+        let why = format!(
+            "restarting in {} (restart {n} of {max}) after: {reason}",
+            humantime::format_duration(wait)
+        );
+        self.transition(cluster, leader, entry, SessionState::Placed, &why, |s| {
+            s.generation += 1;
+            s.restarts = n;
+            s.container_id.clear();
+            s.ready_at = None;
+        })
+        .await?;
+        entry.start_unsent.store(false, Ordering::Relaxed);
+        *lock(&entry.restart_at) = Some(Instant::now() + wait);
+        let node = lock(&entry.record).node_id.clone();
+        cluster.events.emit(
+            "session.restarting",
+            &node,
+            &entry.id(),
+            format!(
+                "session {} failed: {reason}; restart {n} of {max}, cold, in {}",
+                entry.id(),
+                humantime::format_duration(wait)
+            ),
+        );
+        Ok(())
+    }
+
+    /// Sends the start of every session whose restart backoff has passed. Runs on the
+    /// leader's session ticker.
+    pub fn restart_due(&self, cluster: &Arc<Cluster>, leader: &LeaderState) {
+        let now = Instant::now();
+        let due: Vec<Arc<Entry>> = lock(&self.entries)
+            .values()
+            .filter(|e| lock(&e.restart_at).is_some_and(|at| at <= now))
+            .cloned()
+            .collect();
+        for entry in due {
+            *lock(&entry.restart_at) = None;
+            if entry.state() != SessionState::Placed {
+                continue;
+            }
+            let (cluster, leader) = (cluster.clone(), leader.clone());
+            tokio::spawn(async move {
+                if let Err(e) = cluster.sessions.start(&cluster, &leader, &entry).await {
+                    tracing::warn!(session = entry.id(), error = %e, "restart did not start");
+                }
+            });
+        }
+    }
+
+    /// Progress of the image pull a start of the session waits for: told to the session's
+    /// watchers each time, and to the cluster's events at most every
+    /// [`PULL_EVENT_EVERY`] (and when it ends).
+    pub fn on_pull_progress(
+        &self,
+        cluster: &Cluster,
+        node_id: &str,
+        progress: &hearth_sdk::proto::v1::PullProgress,
+    ) {
+        let Some(entry) = lock(&self.entries).get(&progress.session_id).cloned() else {
+            return;
+        };
+        let record = {
+            let r = lock(&entry.record);
+            if r.node_id != node_id || r.generation != progress.generation {
+                return;
+            }
+            r.clone()
+        };
+        *lock(&entry.pull_heard) = Some(Instant::now());
+        let message = pull_words(progress);
+        entry.changes.send_replace(event_for(&record, &message));
+        let log = {
+            let mut logged = lock(&entry.pull_logged);
+            let due = progress.done || logged.is_none_or(|at| at.elapsed() >= PULL_EVENT_EVERY);
+            if due {
+                *logged = Some(Instant::now());
+            }
+            due
+        };
+        if log {
+            let kind = if progress.done {
+                "session.pulled"
+            } else {
+                "session.pulling"
+            };
+            cluster.events.emit(kind, node_id, &record.id, message);
+        }
     }
 
     /// A status report from the session's node.
@@ -1008,6 +1254,8 @@ impl Sessions {
                         }
                         s.ready_at = Some(hearth_sdk::time::now());
                         s.cold_starts += 1;
+                        s.pull_ms = status.pull_ms;
+                        s.warmup_ms = status.warmup_ms;
                     },
                 )
                 .await
@@ -1228,7 +1476,21 @@ impl Sessions {
                 state.as_str_name()
             )));
         }
-        let connection = self.connection(cluster, &node_id)?;
+        // A new leader before the node's stream has reached it still has the node's turn
+        // link (turn_links.rs); a node whose stream is open but silent gets no turns.
+        let (connection, via_link) = match self.connection(cluster, &node_id) {
+            Ok(connection) => (connection, false),
+            Err(e) => match cluster
+                .nodes
+                .connection(&node_id)
+                .is_none()
+                .then(|| cluster.turn_links.get(&node_id))
+                .flatten()
+            {
+                Some(link) => (link, true),
+                None => return Err(e),
+            },
+        };
         // Count the turn first, then look for a stop in progress: `stop` sets `closing`
         // first, then looks for turns. Whichever comes second sees the other, so a turn
         // either is refused here or is seen (and waited for) by the stop.
@@ -1249,6 +1511,7 @@ impl Sessions {
             Route {
                 node_id,
                 generation,
+                via_link,
                 guard: TurnGuard { entry },
             },
             connection,
@@ -1674,6 +1937,7 @@ impl Sessions {
                         state: w.state,
                         reason: String::new(),
                         container_id: w.container_id.clone(),
+                        ..Default::default()
                     };
                     if let Err(e) = self.on_status(cluster, leader, node_id, status).await {
                         tracing::warn!(error = %e, session = w.session_id, "could not record a workload reported ready on Hello");
@@ -1725,7 +1989,7 @@ impl Sessions {
     /// meanwhile (a start in flight, a stop, another generation).
     async fn fail_missing(
         &self,
-        cluster: &Cluster,
+        cluster: &Arc<Cluster>,
         leader: &LeaderState,
         node_id: &str,
         entry: &Arc<Entry>,
@@ -1736,6 +2000,26 @@ impl Sessions {
             let r = lock(&entry.record);
             (r.state(), r.generation)
         };
+        // PLACED by a leader that is gone, and its workload not here: that start was cut
+        // off (or a restart was due). Send it again; the agent replaces any leftover.
+        if state == SessionState::Placed
+            && current == generation
+            && entry.start_unsent.swap(false, Ordering::Relaxed)
+            && lock(&entry.restart_at).is_none()
+        {
+            tracing::info!(
+                session = entry.id(),
+                node_id,
+                "sending again a start a previous leader did not finish"
+            );
+            let (cluster, leader, entry) = (cluster.clone(), leader.clone(), entry.clone());
+            tokio::spawn(async move {
+                if let Err(e) = cluster.sessions.start(&cluster, &leader, &entry).await {
+                    tracing::warn!(session = entry.id(), error = %e, "a start sent again failed");
+                }
+            });
+            return Ok(());
+        }
         // PLACED: the start command is in flight and settles the session itself.
         // STOPPING: a stop is in progress and ends it either way.
         let settled_elsewhere = !matches!(

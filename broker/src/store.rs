@@ -217,6 +217,25 @@ pub trait Store: Send + Sync + 'static {
     /// Gives leadership up (deletes the leader key if it is still ours and stops the
     /// lease), so a standby takes over without waiting for the lease to lapse.
     async fn resign(&self, leadership: &Leadership) -> Result<(), StoreError>;
+
+    /// Follows changes to keys under `prefix`: the receiver gets a `()` after each write
+    /// that puts or deletes one (several close together may come as one), and closes when
+    /// the watch breaks; the caller then reads again and watches again. No change made
+    /// after this returns is missed, so a caller that watches first and reads second
+    /// never misses one.
+    async fn watch(&self, prefix: &str) -> Result<Changes, StoreError>;
+}
+
+/// What [`Store::watch`] returns: one `()` per change (or batch of changes).
+pub type Changes = tokio::sync::mpsc::Receiver<()>;
+
+impl Op {
+    /// The key it writes.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
 }
 
 /// Unconditional put, for tests and tools; the broker itself writes through fenced

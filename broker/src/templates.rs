@@ -148,7 +148,6 @@ impl Templates {
     ) -> Result<Arc<Stored>> {
         cluster
             .config
-            .limits
             .check_spec(tenant, "template.spec", &checked.spec.spec)?;
         let key = template_key(tenant, &checked.name);
         let template = Template {
@@ -189,7 +188,6 @@ impl Templates {
     ) -> Result<Arc<Stored>> {
         cluster
             .config
-            .limits
             .check_spec(tenant, "template.spec", &checked.spec.spec)?;
         let current = self.get(tenant, &checked.name)?;
         let key = template_key(tenant, &checked.name);

@@ -48,6 +48,9 @@ struct Pending<T> {
 /// Commands and turns in flight.
 pub struct Turns {
     commands: Mutex<HashMap<String, Pending<oneshot::Sender<Reply>>>>,
+    /// When a command in flight last showed progress (an image pull); its wait for the
+    /// Reply counts from there.
+    progress: Mutex<HashMap<String, std::time::Instant>>,
     turns: Mutex<HashMap<String, Pending<Sink>>>,
     metrics: Metrics,
 }
@@ -70,8 +73,46 @@ impl Turns {
     pub fn new(metrics: Metrics) -> Self {
         Self {
             commands: Mutex::new(HashMap::new()),
+            progress: Mutex::new(HashMap::new()),
             turns: Mutex::new(HashMap::new()),
             metrics,
+        }
+    }
+
+    /// Notes that command `command_id` is making progress (the agent pulls an image for
+    /// it): its wait for the Reply starts again.
+    pub fn progress(&self, command_id: &str) {
+        if lock(&self.commands).contains_key(command_id) {
+            lock(&self.progress).insert(command_id.to_owned(), std::time::Instant::now());
+        }
+    }
+
+    /// Waits for a command's Reply: `timeout` from the send, or from the command's last
+    /// progress if later.
+    async fn wait_reply(
+        &self,
+        command_id: &str,
+        rx: &mut oneshot::Receiver<Reply>,
+        timeout: Duration,
+    ) -> Option<std::result::Result<Reply, oneshot::error::RecvError>> {
+        let sent = tokio::time::Instant::now();
+        loop {
+            let heard = lock(&self.progress)
+                .get(command_id)
+                .map(|at| tokio::time::Instant::from_std(*at));
+            let deadline = heard.map_or(sent, |h| h.max(sent)) + timeout;
+            match tokio::time::timeout_at(deadline, &mut *rx).await {
+                Ok(reply) => return Some(reply),
+                Err(_) => {
+                    let moved = lock(&self.progress)
+                        .get(command_id)
+                        .map(|at| tokio::time::Instant::from_std(*at))
+                        != heard;
+                    if !moved {
+                        return None;
+                    }
+                }
+            }
         }
     }
 
@@ -102,14 +143,17 @@ impl Turns {
                 "node {node_id} disconnected before the command could be sent; retry"
             )));
         }
-        let reply = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => {
+        let mut rx = rx;
+        let waited = self.wait_reply(command_id, &mut rx, timeout).await;
+        lock(&self.progress).remove(command_id);
+        let reply = match waited {
+            Some(Ok(reply)) => reply,
+            Some(Err(_)) => {
                 return Err(Error::Unavailable(format!(
                     "node {node_id} disconnected before answering; retry"
                 )));
             }
-            Err(_) => {
+            None => {
                 lock(&self.commands).remove(command_id);
                 return Err(Error::DeadlineExceeded(format!(
                     "node {node_id} did not answer within {}",

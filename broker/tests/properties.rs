@@ -20,8 +20,8 @@ use hearth_broker::{
 };
 use hearth_sdk::proto::v1::{
     ExecProbe, ExecRequest, Gpu, GpuRequest, GpuSource, Header, Hello, HttpProbe, InvokeRequest,
-    ListSessionsRequest, PlacementSpec, PortSpec, ReadinessProbe, Resources, SecuritySpec, Session,
-    SessionSpec, Template, readiness_probe,
+    ListSessionsRequest, NetworkSpec, PlacementSpec, PortSpec, ReadinessProbe, Resources,
+    RestartPolicy, SecuritySpec, Session, SessionSpec, Template, readiness_probe,
 };
 use proptest::{
     collection::{hash_map, vec},
@@ -167,10 +167,13 @@ prop_compose! {
             .prop_map(|(strategy, node_selector, tolerations)| PlacementSpec { strategy, node_selector, tolerations })),
         security in option::of(vec(prop_oneof![text(6), Just("SYS_PTRACE".to_owned()), Just("cap_net_admin".to_owned())], 0..4)
             .prop_map(|add_capabilities| SecuritySpec { add_capabilities })),
+        network in option::of(enum_value().prop_map(|egress| NetworkSpec { egress })),
+        restart in option::of((enum_value(), 0u32..200).prop_map(|(mode, max_restarts)| RestartPolicy { mode, max_restarts })),
+        pull_policy in enum_value(),
     ) -> SessionSpec {
         SessionSpec {
             image, command, env, gpus, resources, ports, readiness, idle_timeout, idle_action,
-            max_lifetime, placement, security,
+            max_lifetime, placement, security, network, restart, pull_policy,
         }
     }
 }
@@ -189,6 +192,7 @@ prop_compose! {
         strategy in 0i32..=2,
         selector in hash_map("[a-z]{1,10}", "[a-z0-9]{0,10}", 0..3),
         caps in proptest::sample::subsequence(vec!["SYS_PTRACE", "NET_ADMIN", "cap_ipc_lock"], 0..3),
+        egress in 0i32..=2,
     ) -> SessionSpec {
         let readiness = (probe_first && !ports.is_empty()).then(|| ReadinessProbe {
             check: Some(readiness_probe::Check::TcpPort(ports[0])),
@@ -205,6 +209,7 @@ prop_compose! {
             idle_action,
             placement: Some(PlacementSpec { strategy, node_selector: selector, tolerations: vec![] }),
             security: Some(SecuritySpec { add_capabilities: caps.into_iter().map(str::to_owned).collect() }),
+            network: Some(NetworkSpec { egress }),
             ..SessionSpec::default()
         }
     }
@@ -217,6 +222,21 @@ type Breaker = fn(&mut SessionSpec);
 fn spec_breakers() -> Vec<(&'static str, Breaker)> {
     vec![
         ("spec.image", |s| s.image.clear()),
+        ("spec.network.egress", |s| {
+            s.network = Some(NetworkSpec { egress: 7 })
+        }),
+        ("spec.restart.mode", |s| {
+            s.restart = Some(RestartPolicy {
+                mode: 7,
+                max_restarts: 1,
+            })
+        }),
+        ("spec.restart.max_restarts", |s| {
+            s.restart = Some(RestartPolicy {
+                mode: 2,
+                max_restarts: 101,
+            })
+        }),
         ("spec.image", |s| {
             s.image = "x".repeat(convert::MAX_IMAGE_LEN + 1)
         }),
@@ -851,6 +871,9 @@ fn size_properties(n: u32) {
     );
 }
 
+/// Stack for each property thread.
+const STACK: usize = 32 << 20;
+
 /// Every property, split over two threads, with the total count of executed cases.
 #[test]
 fn every_conversion_holds_its_properties() {
@@ -862,12 +885,20 @@ fn every_conversion_holds_its_properties() {
         .unwrap_or(6_000);
     let started = std::time::Instant::now();
     std::thread::scope(|scope| {
-        let a = scope.spawn(|| {
+        // Nested strategies (a whole spec) are deep recursions in a debug build: more
+        // stack than a spawned thread's default 2 MiB.
+        let spawn = |f: fn(u32)| {
+            std::thread::Builder::new()
+                .stack_size(STACK)
+                .spawn_scoped(scope, move || f(n))
+                .expect("spawning a property thread")
+        };
+        let a = spawn(|n| {
             spec_properties(n);
             label_properties(n);
             size_properties(n);
         });
-        let b = scope.spawn(|| {
+        let b = spawn(|n| {
             turn_properties(n);
             id_properties(n);
             hello_properties(n);

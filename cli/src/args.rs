@@ -38,7 +38,10 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// The broker's gRPC URL (http:// or https://).
+    /// The broker's gRPC URL (http:// or https://), or several, comma-separated. With
+    /// several, a broker that cannot be reached is skipped for the next, and a standby
+    /// leads the way to the leader (or, when the leader's advertised URL cannot be dialled
+    /// from here, the list is tried in turn).
     #[arg(
         long,
         env = "HEARTH_BROKER",
@@ -69,6 +72,17 @@ pub struct Global {
     )]
     pub ca: Option<PathBuf>,
 
+    /// The name the broker's certificate must hold, whatever host the URL names: for
+    /// brokers dialled by IP address or through a forwarded port (https:// only).
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "HEARTH_TLS_SERVER_NAME",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub tls_server_name: Option<String>,
+
     /// Machine-readable output: the canonical proto3 JSON (as grpcurl prints it); one
     /// object per line for streams.
     #[arg(long, global = true, help_heading = "Global options")]
@@ -92,7 +106,8 @@ pub enum Command {
     /// A development CA: broker and node certificates for TLS (needs no broker).
     #[command(subcommand)]
     Certs(crate::commands::certs::Certs),
-    /// Client tokens for the broker's [[auth.tokens]] (needs no broker).
+    /// Client tokens: made, listed and revoked through the broker, or made offline for a
+    /// broker's [[auth.tokens]].
     #[command(subcommand)]
     Token(crate::commands::token::Token),
 }
@@ -396,6 +411,23 @@ mod tests {
         let cli = parse(&["sessions", "ls", "--json", "--broker", "http://b:1"]).unwrap();
         assert!(cli.global.json);
         assert_eq!(cli.global.broker, "http://b:1");
+        let cli = parse(&[
+            "nodes",
+            "ls",
+            "--broker",
+            "https://10.0.0.1:7700,https://10.0.0.2:7700",
+            "--tls-server-name",
+            "broker.internal",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.global.broker,
+            "https://10.0.0.1:7700,https://10.0.0.2:7700"
+        );
+        assert_eq!(
+            cli.global.tls_server_name.as_deref(),
+            Some("broker.internal")
+        );
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Dials the broker once, so a wrong address fails here with the URL named.
+    /// Dials the brokers in turn until one answers, so a wrong address fails here with the
+    /// URL named.
     pub async fn connect(global: &Global) -> Result<Self> {
         // An empty HEARTH_BROKER counts as unset.
         let url = match global.broker.trim() {
@@ -50,15 +51,23 @@ impl Ctx {
         if let Some(token) = &global.token {
             builder = builder.token(token.clone());
         }
-        // HEARTH_CA may be set for a whole shell; it only matters for https:// brokers.
+        // HEARTH_CA and HEARTH_TLS_SERVER_NAME may be set for a whole shell; they only
+        // matter for https:// brokers.
+        let tls = url.split(',').any(|u| u.trim().starts_with("https://"));
         if let Some(path) = &global.ca
-            && url.starts_with("https://")
+            && tls
         {
             let pem = std::fs::read(path).map_err(|source| Error::Read {
                 path: format!("--ca {}", path.display()),
                 source,
             })?;
             builder = builder.ca_pem(pem);
+        }
+        if let Some(name) = global.tls_server_name.as_deref().map(str::trim)
+            && !name.is_empty()
+            && tls
+        {
+            builder = builder.tls_domain(name);
         }
         let client = builder
             .connect()

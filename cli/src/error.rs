@@ -15,6 +15,8 @@ pub enum Subject<'a> {
     Node(&'a str),
     /// A template name.
     Template(&'a str),
+    /// A token id.
+    Token(&'a str),
     /// Nothing in particular (a list, a stream of events).
     None,
 }
@@ -161,6 +163,12 @@ impl Error {
                     id: name.to_owned(),
                     list: "hearth templates ls",
                     whose: "yours",
+                },
+                Subject::Token(id) => Error::NotFound {
+                    kind: "token",
+                    id: id.to_owned(),
+                    list: "hearth token ls",
+                    whose: "them",
                 },
                 Subject::None => Error::Rpc {
                     rpc,

@@ -42,6 +42,9 @@ proto_messages!(
     Template,
     ListTemplatesResponse,
     DeleteTemplateResponse,
+    CreateTokenResponse,
+    ListTokensResponse,
+    TokenInfo,
     Event,
 );
 

@@ -42,8 +42,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         if let Command::Certs(command) = &cli.command {
             return commands::certs::run(command);
         }
-        if let Command::Token(command) = &cli.command {
-            return commands::token::run(command);
+        if let Command::Token(commands::token::Token::Create(args)) = &cli.command
+            && args.offline()
+        {
+            return commands::token::run_offline(args);
         }
         let ctx = commands::Ctx::connect(&cli.global).await?;
         match cli.command {
@@ -52,7 +54,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             Command::Templates(command) => commands::templates::run(&ctx, command).await,
             Command::Events(args) => commands::events::run(&ctx, args).await,
             Command::Certs(command) => commands::certs::run(&command),
-            Command::Token(command) => commands::token::run(&command),
+            Command::Token(command) => commands::token::run(&ctx, command).await,
         }
     }
     .await;

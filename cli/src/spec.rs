@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hearth_sdk::proto::v1::{
-    ExecProbe, GpuRequest, HttpProbe, IdleAction, PlacementSpec, PlacementStrategy, PortSpec,
-    ReadinessProbe, Resources, SecuritySpec, SessionSpec, readiness_probe::Check,
+    Egress, ExecProbe, GpuRequest, HttpProbe, IdleAction, NetworkSpec, PlacementSpec,
+    PlacementStrategy, PortSpec, PullPolicy, ReadinessProbe, Resources, RestartMode, RestartPolicy,
+    SecuritySpec, SessionSpec, readiness_probe::Check,
 };
 
 use crate::parse;
@@ -123,6 +124,62 @@ pub struct SpecArgs {
     /// capability; the broker allows adding one back per tenant (limits.tenant_capabilities).
     #[arg(long = "cap-add", value_name = "CAP", help_heading = "Security")]
     pub cap_add: Vec<String>,
+
+    /// Egress to the outside: allow (the tenant's policy permitting) or deny.
+    #[arg(long, value_enum, help_heading = "Security")]
+    pub egress: Option<EgressArg>,
+
+    /// When a failed workload is started again: never (default), on-failure (at most 3
+    /// times) or on-failure:N (at most N times); each restart is cold, after a backoff of
+    /// 1 s doubling to 30 s.
+    #[arg(long, value_name = "POLICY", value_parser = parse_restart, help_heading = "Lifetime")]
+    pub restart: Option<RestartPolicy>,
+
+    /// When the node pulls the image from its registry: if-not-present (default), always
+    /// (a digest is still pulled only once), or never (the image must be on the node).
+    #[arg(long, value_enum, help_heading = "Image")]
+    pub pull_policy: Option<PullPolicyArg>,
+}
+
+/// `--pull-policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PullPolicyArg {
+    /// Pull when the node does not hold the image.
+    IfNotPresent,
+    /// Pull before every start.
+    Always,
+    /// Never pull.
+    Never,
+}
+
+/// `--egress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EgressArg {
+    /// Outside addresses are reachable, where the tenant's policy allows it.
+    Allow,
+    /// Nothing leaves the session's network.
+    Deny,
+}
+
+/// `--restart never|on-failure[:N]`.
+fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
+    let (mode, max) = match s.split_once(':') {
+        Some((mode, max)) => (
+            mode,
+            max.parse::<u32>()
+                .map_err(|_| format!("{max:?} is not a number of restarts"))?,
+        ),
+        None => (s, 0),
+    };
+    let mode = match mode {
+        "never" if max == 0 => RestartMode::Never,
+        "on-failure" => RestartMode::OnFailure,
+        _ => return Err("use never, on-failure or on-failure:N".to_owned()),
+    };
+    Ok(RestartPolicy {
+        mode: mode.into(),
+        max_restarts: max,
+    })
 }
 
 impl SpecArgs {
@@ -154,6 +211,9 @@ impl SpecArgs {
         note(!self.node_selector.is_empty(), "--node-selector");
         note(!self.tolerations.is_empty(), "--toleration");
         note(!self.cap_add.is_empty(), "--cap-add");
+        note(self.egress.is_some(), "--egress");
+        note(self.restart.is_some(), "--restart");
+        note(self.pull_policy.is_some(), "--pull-policy");
         given
     }
 
@@ -265,6 +325,25 @@ impl SpecArgs {
             spec.security
                 .get_or_insert_with(SecuritySpec::default)
                 .add_capabilities = self.cap_add.clone();
+        }
+        if let Some(egress) = self.egress {
+            spec.network = Some(NetworkSpec {
+                egress: match egress {
+                    EgressArg::Allow => Egress::Allow,
+                    EgressArg::Deny => Egress::Deny,
+                }
+                .into(),
+            });
+        }
+        if let Some(restart) = self.restart {
+            spec.restart = Some(restart);
+        }
+        if let Some(policy) = self.pull_policy {
+            spec.set_pull_policy(match policy {
+                PullPolicyArg::IfNotPresent => PullPolicy::IfNotPresent,
+                PullPolicyArg::Always => PullPolicy::Always,
+                PullPolicyArg::Never => PullPolicy::Never,
+            });
         }
     }
 }
@@ -430,5 +509,35 @@ mod tests {
             parse(&["--gpus", "1", "--", "x"]).unwrap().given(),
             ["-- COMMAND", "--gpus"]
         );
+    }
+
+    #[test]
+    fn restart_and_egress_flags_fill_the_spec() {
+        let p = Probe::try_parse_from([
+            "t",
+            "--image",
+            "x",
+            "--restart",
+            "on-failure:5",
+            "--egress",
+            "deny",
+        ])
+        .unwrap();
+        let spec = p.spec.to_spec();
+        let restart = spec.restart.unwrap();
+        assert_eq!(
+            (restart.mode(), restart.max_restarts),
+            (RestartMode::OnFailure, 5)
+        );
+        assert_eq!(spec.network.unwrap().egress(), Egress::Deny);
+        assert_eq!(
+            parse_restart("on-failure").unwrap().max_restarts,
+            0,
+            "the broker's default applies"
+        );
+        assert_eq!(parse_restart("never").unwrap().mode(), RestartMode::Never);
+        for bad in ["always", "never:2", "on-failure:x"] {
+            assert!(parse_restart(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -50,6 +50,11 @@ pub struct Config {
     /// How long to wait for the broker's `Welcome` after sending `Hello`.
     #[serde(with = "humantime_serde")]
     pub hello_timeout: Duration,
+    /// A broker that acknowledges nothing the agent sent for this long counts as gone
+    /// (`TCP_USER_TIMEOUT` on the link), and the agent dials the next one. Telemetry
+    /// flows every second, so a broker whose host died is noticed within about this long.
+    #[serde(with = "humantime_serde")]
+    pub dead_link_after: Duration,
     /// Report this many simulated GPUs instead of reading NVML. Explicit opt-in only: the
     /// node is then marked simulated everywhere.
     pub simulate_gpus: Option<u32>,
@@ -73,6 +78,70 @@ pub struct Config {
     pub tls: crate::tls::TlsConfig,
     /// Limits a container gets when its spec leaves them at 0 (`[session_limits]`).
     pub session_limits: SessionLimits,
+    /// Docker runtime settings (`[docker]`).
+    pub docker: DockerConfig,
+    /// Take sessions of several tenants where nothing keeps them apart on the network:
+    /// the process runtime, and Docker with one shared `docker.network`. Off by default:
+    /// such a node then refuses a session of a second tenant.
+    pub mixed_tenants: bool,
+}
+
+/// `[docker]`: how the Docker runtime wires session containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// One network, by name, that every session container joins; it must exist. Unset
+    /// (the default): each tenant gets session networks of its own on this node, which no
+    /// other tenant's session can reach. An agent that runs in a container (sessions as
+    /// sibling containers through the mounted socket) and is not in the host's network
+    /// namespace names a network it is attached to itself; tenants sharing it could reach
+    /// each other, so it then takes sessions of one tenant only (see `mixed_tenants`).
+    pub network: Option<String>,
+    /// Keep sessions off this host's own services and the cloud metadata address with an
+    /// nftables table of the agent's (default true; needs `nft`, root or CAP_NET_ADMIN,
+    /// and the host's network namespace). Not used with `network`.
+    pub firewall: bool,
+    /// `[docker.image_gc]`: removing images this agent pulled once they go unused.
+    pub image_gc: ImageGcConfig,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            network: None,
+            firewall: true,
+            image_gc: ImageGcConfig::default(),
+        }
+    }
+}
+
+/// `[docker.image_gc]`: images this agent pulled are removed once no session's container
+/// uses them and none has started from them for `unused_for`, but only while the disk
+/// that holds the engine's images is fuller than `high_water_percent`. Images the agent
+/// did not pull (built or loaded on the host) are never touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageGcConfig {
+    /// Disk use, in percent of the filesystem that holds the engine's data (its
+    /// `DockerRootDir`), above which unused pulled images are removed; 100 turns
+    /// collection off.
+    pub high_water_percent: u8,
+    /// How long a pulled image must have gone without a start before it may go.
+    #[serde(with = "humantime_serde")]
+    pub unused_for: Duration,
+    /// How often disk use is checked.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for ImageGcConfig {
+    fn default() -> Self {
+        Self {
+            high_water_percent: 85,
+            unused_for: Duration::from_secs(24 * 3600),
+            interval: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Resource limits for sessions whose spec does not set them. Every container gets a pids,
@@ -155,6 +224,7 @@ impl Default for Config {
             reconnect_backoff_min: Duration::from_millis(200),
             reconnect_backoff_max: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
+            dead_link_after: Duration::from_secs(2),
             simulate_gpus: None,
             simulate_gpu_model: "Simulated H100 80GB".to_owned(),
             simulate_gpu_memory: 80 << 30,
@@ -165,6 +235,8 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/hearth-agent"),
             tls: crate::tls::TlsConfig::default(),
             session_limits: SessionLimits::default(),
+            docker: DockerConfig::default(),
+            mixed_tenants: false,
         }
     }
 }
@@ -256,6 +328,11 @@ pub struct Cli {
     #[arg(long, env = "HEARTH_HELLO_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub hello_timeout: Option<Duration>,
 
+    /// A broker that acknowledges nothing sent for this long counts as gone (TCP user
+    /// timeout), so a dead broker host is noticed in seconds [default: 2s].
+    #[arg(long, env = "HEARTH_DEAD_LINK_AFTER", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub dead_link_after: Option<Duration>,
+
     /// Report N simulated GPUs instead of reading NVML (development and tests only; the node
     /// and every GPU are marked simulated).
     #[arg(long, env = "HEARTH_SIMULATE_GPUS", value_name = "N")]
@@ -308,6 +385,46 @@ pub struct Cli {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "HEARTH_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+
+    /// Name every broker's certificate must hold, whatever host its URL names (brokers
+    /// that advertise pod IPs behind a Service) [default: the URL's host].
+    #[arg(long, env = "HEARTH_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+
+    /// One Docker network that every session container joins, for an agent in a container
+    /// (it must be on it too); tenants then share it [default: a network per tenant].
+    #[arg(long, env = "HEARTH_DOCKER_NETWORK", value_name = "NAME")]
+    pub docker_network: Option<String>,
+
+    /// Firewall sessions off this host's services and the metadata address (nftables)
+    /// [default: true].
+    #[arg(long, env = "HEARTH_DOCKER_FIREWALL", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub docker_firewall: Option<bool>,
+
+    /// Take sessions of several tenants where the network keeps nothing apart: the
+    /// process runtime, or one shared --docker-network [default: false].
+    #[arg(long, env = "HEARTH_MIXED_TENANTS", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub mixed_tenants: Option<bool>,
+
+    /// Remove images this agent pulled, unused, while the engine's disk is fuller than
+    /// this percent; 100 turns it off [default: 85].
+    #[arg(long, env = "HEARTH_IMAGE_GC_HIGH_WATER", value_name = "PERCENT")]
+    pub image_gc_high_water: Option<u8>,
+
+    /// How long a pulled image must go without a start before it may be removed
+    /// [default: 24h].
+    #[arg(long, env = "HEARTH_IMAGE_GC_UNUSED_FOR", value_name = "DURATION",
+          value_parser = humantime::parse_duration)]
+    pub image_gc_unused_for: Option<Duration>,
+
+    /// How often the image collector checks disk use [default: 5m].
+    #[arg(long, env = "HEARTH_IMAGE_GC_INTERVAL", value_name = "DURATION",
+          value_parser = humantime::parse_duration)]
+    pub image_gc_interval: Option<Duration>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -376,6 +493,7 @@ impl Config {
             reconnect_backoff_min,
             reconnect_backoff_max,
             hello_timeout,
+            dead_link_after,
             simulate_gpus,
             simulate_gpu_model,
             simulate_gpu_memory,
@@ -387,6 +505,13 @@ impl Config {
             tls_ca,
             tls_cert,
             tls_key,
+            tls_server_name,
+            docker_network,
+            docker_firewall,
+            mixed_tenants,
+            image_gc_high_water,
+            image_gc_unused_for,
+            image_gc_interval,
         } = cli;
         fn set<T>(slot: &mut T, value: Option<T>) {
             if let Some(value) = value {
@@ -402,6 +527,7 @@ impl Config {
         set(&mut self.reconnect_backoff_min, reconnect_backoff_min);
         set(&mut self.reconnect_backoff_max, reconnect_backoff_max);
         set(&mut self.hello_timeout, hello_timeout);
+        set(&mut self.dead_link_after, dead_link_after);
         set(&mut self.simulate_gpus, simulate_gpus.map(Some));
         set(&mut self.simulate_gpu_model, simulate_gpu_model);
         set(&mut self.simulate_gpu_memory, simulate_gpu_memory);
@@ -413,6 +539,16 @@ impl Config {
         set(&mut self.tls.ca, tls_ca.map(Some));
         set(&mut self.tls.cert, tls_cert.map(Some));
         set(&mut self.tls.key, tls_key.map(Some));
+        set(&mut self.tls.server_name, tls_server_name.map(Some));
+        set(&mut self.docker.network, docker_network.map(Some));
+        set(&mut self.docker.firewall, docker_firewall);
+        set(&mut self.mixed_tenants, mixed_tenants);
+        set(
+            &mut self.docker.image_gc.high_water_percent,
+            image_gc_high_water,
+        );
+        set(&mut self.docker.image_gc.unused_for, image_gc_unused_for);
+        set(&mut self.docker.image_gc.interval, image_gc_interval);
     }
 
     /// Checks every setting and reports all problems at once, each naming its setting.
@@ -454,10 +590,18 @@ impl Config {
             ("reconnect_backoff_min", self.reconnect_backoff_min),
             ("reconnect_backoff_max", self.reconnect_backoff_max),
             ("hello_timeout", self.hello_timeout),
+            ("dead_link_after", self.dead_link_after),
+            ("docker.image_gc.interval", self.docker.image_gc.interval),
         ] {
             if value.is_zero() {
                 bad(format!("{name} must be greater than 0"));
             }
+        }
+        if !(1..=100).contains(&self.docker.image_gc.high_water_percent) {
+            bad(format!(
+                "docker.image_gc.high_water_percent ({}) must be 1-100 (100 turns collection off)",
+                self.docker.image_gc.high_water_percent
+            ));
         }
         if self.reconnect_backoff_min > self.reconnect_backoff_max {
             bad(format!(
@@ -496,6 +640,13 @@ impl Config {
         }
         problems.extend(self.tls.problems(&self.broker));
         let mut bad = |p: String| problems.push(p);
+        if let Some(network) = &self.docker.network
+            && (network.is_empty() || network.contains(char::is_whitespace))
+        {
+            bad(format!(
+                "docker.network {network:?} must name a Docker network (no whitespace)"
+            ));
+        }
         if !self.state_dir.is_absolute() {
             bad(format!(
                 "state_dir {:?} must be an absolute path, such as /var/lib/hearth-agent",

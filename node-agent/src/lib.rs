@@ -6,7 +6,8 @@
 //! streams telemetry every interval; any message doubles as the heartbeat the broker uses to
 //! judge liveness. When the stream breaks it reconnects with full-jitter backoff, following a
 //! standby's `hearth-leader` hint to the leader. It remembers the highest leader epoch seen
-//! and refuses commands from lower ones (fencing).
+//! and refuses commands from lower ones (fencing). Beside it, a turn link to every
+//! configured broker carries turns only, so warm sessions answer through an election.
 //!
 //! GPUs come from NVML, or, by explicit opt-in only, from a simulator whose GPUs are marked
 //! simulated everywhere. Without either (or `--no-gpus`) the agent refuses to start.
@@ -20,8 +21,12 @@
 //! # Layout
 //! - `config.rs` (+ `config/size.rs`): settings, layered defaults → TOML → `HEARTH_*` →
 //!   flags, and their validation; human byte sizes.
+//! - `dial.rs`: TCP to the broker with `TCP_USER_TIMEOUT`, so a dead broker host is
+//!   noticed in seconds.
 //! - `link.rs`: the broker stream: dialling, Hello/Welcome, telemetry, leader redirects,
 //!   epoch fencing, handing commands to `sessions.rs`.
+//! - `turn_link.rs`: a turns-only stream to every configured broker, so turns go on
+//!   while the brokers elect a new leader.
 //! - `sessions.rs`: the broker's session commands on a runtime: start with readiness
 //!   probes, crash monitor, stop/pause/resume, Exec and Invoke turns (pooled HTTP client),
 //!   CancelTurn, busy sessions, generation fencing, re-adoption.
@@ -42,6 +47,7 @@
 
 pub mod backoff;
 pub mod config;
+mod dial;
 mod error;
 pub mod gpu;
 mod host;
@@ -50,6 +56,7 @@ mod metrics;
 pub mod runtime;
 mod sessions;
 pub mod tls;
+mod turn_link;
 
 use std::{future::Future, sync::Arc};
 
@@ -80,7 +87,7 @@ pub async fn run(
     let gpus = gpu::open(&config)?;
     let inventory = gpus.inventory()?;
     let source = gpus.source();
-    let runtime = open_runtime(&config).await?;
+    let (runtime, docker) = open_runtime(&config).await?;
     let incarnation = ulid::Ulid::new().to_string();
 
     let metrics = metrics::Metrics::default();
@@ -107,14 +114,30 @@ pub async fn run(
         AdminState {
             registry: Arc::new(registry),
             ready: ready_rx,
+            standby: None,
         },
         axum::Router::new(),
         stop.clone().cancelled_owned(),
     ));
+    if let Some(docker) = docker {
+        tokio::spawn(collect_images(
+            docker,
+            config.docker.image_gc,
+            metrics.clone(),
+            stop.clone(),
+        ));
+    }
     let fence = link::EpochFence::load(config.state_dir.join(link::EPOCH_FILE))?;
     let sessions = sessions::Sessions::new(runtime, metrics.clone());
+    let config = Arc::new(config);
+    let turn_links = tokio::spawn(turn_link::run_all(
+        config.clone(),
+        sessions.clone(),
+        incarnation.clone(),
+        stop.clone(),
+    ));
     let link = link::Link::new(
-        Arc::new(config),
+        config,
         fence,
         gpus,
         sessions.clone(),
@@ -136,8 +159,10 @@ pub async fn run(
         Some(ended) => ended,
         None => admin.await,
     };
-    if let Err(e) = link.await {
-        std::panic::resume_unwind(e.into_panic());
+    for task in [link, turn_links] {
+        if let Err(e) = task.await {
+            std::panic::resume_unwind(e.into_panic());
+        }
     }
     match admin_result {
         Ok(Ok(())) if !early => Ok(()),
@@ -147,25 +172,83 @@ pub async fn run(
     }
 }
 
-/// The runtime `config` asks for, ready to use.
-async fn open_runtime(config: &Config) -> Result<Arc<dyn runtime::Runtime>, Error> {
+/// Removes unused pulled images every `gc.interval` while the engine's disk is past the
+/// mark (`runtime/docker/gc.rs`), until `stop`.
+async fn collect_images(
+    docker: Arc<runtime::docker::DockerRuntime>,
+    gc: config::ImageGcConfig,
+    metrics: metrics::Metrics,
+    stop: CancellationToken,
+) {
+    if gc.high_water_percent >= 100 {
+        tracing::info!("image collection is off (docker.image_gc.high_water_percent 100)");
+        return;
+    }
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(gc.interval) => {}
+        }
+        match docker.collect_images(&gc).await {
+            Ok(collected) => {
+                metrics
+                    .images_removed
+                    .inc_by(collected.removed.len() as u64);
+            }
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(error = %e, "image collection cannot run; it will keep trying");
+            }
+            Err(e) => tracing::debug!(error = %e, "image collection"),
+        }
+    }
+}
+
+/// The runtime `config` asks for, ready to use, and the Docker runtime itself when it is
+/// that one (for image collection).
+async fn open_runtime(
+    config: &Config,
+) -> Result<
+    (
+        Arc<dyn runtime::Runtime>,
+        Option<Arc<runtime::docker::DockerRuntime>>,
+    ),
+    Error,
+> {
     match config.runtime {
         RuntimeKind::Process => {
             let process = runtime::process::ProcessRuntime::new(config.state_dir.clone())
-                .map_err(Error::Runtime)?;
-            Ok(Arc::new(process))
+                .map_err(Error::Runtime)?
+                .mixed_tenants(config.mixed_tenants);
+            Ok((Arc::new(process), None))
         }
-        RuntimeKind::Docker => match runtime::docker::DockerRuntime::connect().await {
-            Ok(docker) => Ok(Arc::new(
-                docker
-                    .with_limits(config.session_limits.resolve(&host::capacity()))
-                    .for_node(config.node_id.clone()),
-            )),
-            Err(source) => Err(Error::DockerUnavailable {
+        RuntimeKind::Docker => {
+            let unavailable = |source| Error::DockerUnavailable {
                 host: std::env::var("DOCKER_HOST")
                     .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned()),
                 source,
-            }),
-        },
+            };
+            let mut docker = runtime::docker::DockerRuntime::connect()
+                .await
+                .map_err(unavailable)?
+                .with_limits(config.session_limits.resolve(&host::capacity()))
+                .for_node(config.node_id.clone())
+                .recording_pulls(&config.state_dir)
+                .map_err(Error::Runtime)?;
+            docker = match &config.docker.network {
+                Some(network) => docker
+                    .on_network(network)
+                    .await
+                    .map_err(Error::Runtime)?
+                    .mixed_tenants(config.mixed_tenants),
+                None => docker
+                    .with_tenant_networks(config.docker.firewall)
+                    .await
+                    .map_err(Error::Runtime)?,
+            };
+            let docker = Arc::new(docker);
+            Ok((docker.clone(), Some(docker)))
+        }
     }
 }

@@ -163,19 +163,7 @@ impl Link {
     }
 
     async fn try_session(&mut self, url: &str, welcomed: &mut bool) -> Result<Infallible, Error> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|source| Error::BrokerUrl {
-                url: url.to_owned(),
-                source,
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
-        let endpoint = self.config.tls.apply(url, endpoint)?;
-        let channel = endpoint.connect().await.map_err(Error::Connect)?;
-        let mut client = NodeAgentClient::new(channel);
+        let mut client = NodeAgentClient::new(dial(&self.config, url).await?);
 
         let (tx, rx) = mpsc::channel(MAILBOX);
         let hello = self.hello().await?;
@@ -451,8 +439,31 @@ pub fn leader_url(hint: &str, dialled: &str) -> Option<String> {
     Some(url)
 }
 
+/// Dials the broker at `url` as every agent stream does: TLS per the config, HTTP/2
+/// keepalives, and a TCP user timeout of `dead_link_after` (`dial.rs`).
+pub(crate) async fn dial(config: &Config, url: &str) -> Result<tonic::transport::Channel, Error> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|source| Error::BrokerUrl {
+            url: url.to_owned(),
+            source,
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    config
+        .tls
+        .apply(url, endpoint)?
+        .connect_with_connector(crate::dial::Connector {
+            user_timeout: config.dead_link_after,
+        })
+        .await
+        .map_err(Error::Connect)
+}
+
 /// The name of a broker message's kind, for logs.
-fn kind(message: &BrokerMessage) -> &'static str {
+pub(crate) fn kind(message: &BrokerMessage) -> &'static str {
     use broker_message::Msg;
     match &message.msg {
         None => "an empty message",

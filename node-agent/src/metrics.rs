@@ -35,6 +35,10 @@ pub struct Metrics {
     turns: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Session status changes found in the background while no broker stream was up.
     pub statuses_dropped: Counter,
+    /// Starts that waited for an image pull (starts sharing one pull each count).
+    pub image_pulls: Counter,
+    /// Pulled images removed by image collection.
+    pub images_removed: Counter,
     /// Highest leader epoch accepted.
     pub highest_epoch: Gauge<i64, AtomicI64>,
     /// Constant 1 with the agent's identity as labels.
@@ -55,6 +59,16 @@ impl Metrics {
             "reconnects",
             "Reconnect attempts after a failed or lost broker stream",
             self.reconnects.clone(),
+        );
+        r.register(
+            "images_removed",
+            "Pulled images removed by image collection (unused, disk past the high-water mark)",
+            self.images_removed.clone(),
+        );
+        r.register(
+            "starts_pulled",
+            "Session starts that waited for an image pull (starts sharing one pull each count)",
+            self.image_pulls.clone(),
         );
         r.register(
             "telemetry_samples_sent",

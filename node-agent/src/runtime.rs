@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use async_trait::async_trait;
 use hearth_sdk::proto::v1::SessionSpec;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Label (docker) or state-file field (process) naming the session.
@@ -31,7 +31,7 @@ pub const LABEL_TENANT: &str = "hearth.tenant";
 pub const LABEL_NODE: &str = "hearth.node";
 
 /// Everything needed to start one session's workload.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct StartRequest {
     /// Session id.
     pub session_id: String,
@@ -45,6 +45,9 @@ pub struct StartRequest {
     pub spec: SessionSpec,
     /// GPUs allocated to it, by UUID. Empty for a CPU-only session.
     pub gpu_uuids: Vec<String>,
+    /// Its network policy, as the broker resolved it; `None` (an older broker): egress
+    /// and sessions of the tenant reaching each other, the broker's defaults.
+    pub network: Option<hearth_sdk::proto::v1::SessionNetwork>,
 }
 
 /// A workload's state as the runtime sees it.
@@ -99,10 +102,24 @@ pub enum ExecOutput {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The image (docker) or executable (process) does not exist on this host.
-    #[error(
-        "image {0:?} not found on this node (images are never pulled implicitly; load or build it first)"
-    )]
+    #[error("image {0:?} not found on this node")]
     ImageNotFound(String),
+    /// The image is not on this host and `spec.pull_policy` is NEVER.
+    #[error(
+        "image {0:?} is not on this node and spec.pull_policy is NEVER (load it there, or allow pulls)"
+    )]
+    NotPulled(String),
+    /// Pulling the image from its registry failed: `reason` is the registry's or the
+    /// network's, as the engine reported it.
+    #[error("pulling image {image:?}: {reason}")]
+    PullFailed {
+        /// The image as the spec names it.
+        image: String,
+        /// Why, as the engine said it.
+        reason: String,
+        /// The registry does not have it (manifest or repository unknown).
+        not_found: bool,
+    },
     /// No workload of this session exists.
     #[error("no workload for session {0}")]
     NotFound(String),
@@ -137,11 +154,37 @@ pub enum RuntimeError {
     },
 }
 
+/// How far an image pull has got, over every layer seen so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PullProgress {
+    /// Bytes downloaded.
+    pub done_bytes: u64,
+    /// Bytes to download, as far as known (a layer's size is known once it starts).
+    pub total_bytes: u64,
+    /// Layers pulled or already held.
+    pub layers_done: u32,
+    /// Layers seen.
+    pub layers_total: u32,
+}
+
 /// Where session workloads run.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// "docker" or "process".
     fn kind(&self) -> &'static str;
+
+    /// Makes sure the image `spec` names is on this host, pulling it as
+    /// `spec.pull_policy` says, with its progress on `progress`. Returns whether it
+    /// pulled. Called before [`Runtime::start`]. The default has nothing to pull (the
+    /// process runtime runs executables of the host).
+    async fn prepare_image(
+        &self,
+        spec: &SessionSpec,
+        progress: watch::Sender<PullProgress>,
+    ) -> Result<bool, RuntimeError> {
+        let _ = (spec, progress);
+        Ok(false)
+    }
 
     /// Creates and starts the workload (no readiness check: that is the caller's). A
     /// leftover workload of the same session is replaced. Fails with `ImageNotFound` when

@@ -44,9 +44,9 @@ use bytes::Bytes;
 use hearth_sdk::proto::v1::{
     AgentMessage, CommandMeta, ExecCommand, ExecExit, ExecOutput as ExecOutputMsg, ExecRequest,
     ExecResponse, Header, InvokeChunk, InvokeCommand, InvokeHead, InvokeRequest, InvokeResponse,
-    ReadinessProbe, Reply, RunningSession, SessionState, SessionStatus, StartSessionCommand,
-    StopSessionCommand, agent_message, broker_message, exec_response, invoke_response,
-    readiness_probe,
+    PullProgress as PullProgressMsg, ReadinessProbe, Reply, RunningSession, SessionState,
+    SessionStatus, StartSessionCommand, StopSessionCommand, agent_message, broker_message,
+    exec_response, invoke_response, readiness_probe,
 };
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::{
@@ -62,7 +62,9 @@ use tonic::Code;
 
 use crate::{
     metrics::Metrics,
-    runtime::{ExecOutput, ExecSpec, Runtime, RuntimeError, StartRequest, WorkloadState},
+    runtime::{
+        ExecOutput, ExecSpec, PullProgress, Runtime, RuntimeError, StartRequest, WorkloadState,
+    },
 };
 
 /// Grace a StopSession without one gives the workload after SIGTERM.
@@ -189,11 +191,16 @@ impl From<RuntimeError> for Failure {
 /// The one mapping from runtime errors to Reply codes.
 pub fn runtime_code(error: &RuntimeError) -> Code {
     match error {
-        RuntimeError::ImageNotFound(_) | RuntimeError::NotFound(_) => Code::NotFound,
+        RuntimeError::ImageNotFound(_) | RuntimeError::NotPulled(_) | RuntimeError::NotFound(_) => {
+            Code::NotFound
+        }
         RuntimeError::PortNotExposed { .. } | RuntimeError::InvalidSpec { .. } => {
             Code::InvalidArgument
         }
-        RuntimeError::WrongState(_) => Code::FailedPrecondition,
+        RuntimeError::PullFailed {
+            not_found: true, ..
+        } => Code::NotFound,
+        RuntimeError::WrongState(_) | RuntimeError::PullFailed { .. } => Code::FailedPrecondition,
         RuntimeError::Backend { .. } => Code::Unavailable,
     }
 }
@@ -536,7 +543,7 @@ impl Sessions {
         meta: CommandMeta,
         reply_to: mpsc::Sender<AgentMessage>,
     ) {
-        let (container_id, phase, watch) = match self.try_start(command, &meta).await {
+        let (container_id, phase, watch) = match self.try_start(command, &meta, &reply_to).await {
             Ok(started) => started,
             Err(failure) => {
                 tracing::info!(session = %meta.session_id, generation = meta.generation, error = %failure.message, "start refused");
@@ -550,27 +557,37 @@ impl Sessions {
             state: phase.state().into(),
             reason: String::new(),
             container_id: container_id.clone(),
+            ..SessionStatus::default()
         };
         let _ = send(&reply_to, reply(&meta.command_id, Ok(container_id.clone()))).await;
         let _ = send(&reply_to, status_message(status)).await;
-        if let Some((probe, token)) = watch {
+        if let Some((probe, timing, token)) = watch {
             tokio::spawn(self.clone().watch(
                 meta.session_id,
                 meta.generation,
                 container_id,
-                Watch::Start(probe),
+                Watch::Start(probe, timing),
                 token,
             ));
         }
     }
 
     /// Starts the workload, or finds the same generation running already (a retried
-    /// command). Returns its id, its phase, and for a new start what to watch.
+    /// command). Pulls the image first where it must, telling the broker how far the
+    /// pull has got. Returns its id, its phase, and for a new start what to watch.
     async fn try_start(
         &self,
         command: StartSessionCommand,
         meta: &CommandMeta,
-    ) -> Result<(String, Phase, Option<(Option<Probe>, CancellationToken)>), Failure> {
+        reply_to: &mpsc::Sender<AgentMessage>,
+    ) -> Result<
+        (
+            String,
+            Phase,
+            Option<(Option<Probe>, Timing, CancellationToken)>,
+        ),
+        Failure,
+    > {
         self.fence(meta)?;
         let spec = command
             .spec
@@ -597,6 +614,8 @@ impl Sessions {
             old.watch.cancel();
         }
         self.cancel_session_turns(session);
+        let pull_ms = self.prepare_image(&spec, meta, reply_to).await?;
+        let started = Instant::now();
         let workload = self
             .runtime
             .start(&StartRequest {
@@ -606,6 +625,7 @@ impl Sessions {
                 tenant: command.tenant,
                 spec,
                 gpu_uuids: command.gpu_uuids,
+                network: command.network,
             })
             .await?;
         tracing::info!(session = %session, generation = meta.generation, id = %workload.id, "workload started");
@@ -623,7 +643,58 @@ impl Sessions {
             // A Hello during the start may have adopted the new workload already.
             entry.watch.cancel();
         }
-        Ok((workload.id, Phase::Starting, Some((probe, watch))))
+        Ok((
+            workload.id,
+            Phase::Starting,
+            Some((probe, Timing { pull_ms, started }, watch)),
+        ))
+    }
+
+    /// Has the runtime make sure the image is here, forwarding the pull's progress to the
+    /// broker (at most every [`PULL_PROGRESS_EVERY`], and once more at the end). Returns
+    /// how many milliseconds the pull took, 0 when none was needed.
+    async fn prepare_image(
+        &self,
+        spec: &hearth_sdk::proto::v1::SessionSpec,
+        meta: &CommandMeta,
+        reply_to: &mpsc::Sender<AgentMessage>,
+    ) -> Result<u64, Failure> {
+        let (progress, mut seen) = tokio::sync::watch::channel(PullProgress::default());
+        let message = |p: PullProgress, done: bool| AgentMessage {
+            msg: Some(agent_message::Msg::PullProgress(PullProgressMsg {
+                command_id: meta.command_id.clone(),
+                session_id: meta.session_id.clone(),
+                generation: meta.generation,
+                image: spec.image.clone(),
+                done_bytes: p.done_bytes,
+                total_bytes: p.total_bytes,
+                layers_done: p.layers_done,
+                layers_total: p.layers_total,
+                done,
+            })),
+        };
+        let forward = async {
+            seen.mark_unchanged();
+            while seen.changed().await.is_ok() {
+                let p = *seen.borrow_and_update();
+                let _ = reply_to.try_send(message(p, false));
+                sleep(PULL_PROGRESS_EVERY).await;
+            }
+        };
+        let began = Instant::now();
+        let pulled = tokio::select! {
+            pulled = self.runtime.prepare_image(spec, progress) => pulled?,
+            () = forward => unreachable!("the forwarder ends only when the pull has"),
+        };
+        if !pulled {
+            return Ok(0);
+        }
+        let took = began.elapsed();
+        self.metrics.image_pulls.inc();
+        let last = *seen.borrow();
+        let _ = send(reply_to, message(last, true).msg.expect("set")).await;
+        tracing::info!(session = %meta.session_id, image = %spec.image, took = ?took, "image pulled for the start");
+        Ok(took.as_millis() as u64)
     }
 
     async fn stop_session(
@@ -655,6 +726,7 @@ impl Sessions {
                 state: SessionState::Stopped.into(),
                 reason: "stopped by the broker".into(),
                 container_id,
+                ..SessionStatus::default()
             }),
         )
         .await;
@@ -714,6 +786,7 @@ impl Sessions {
                     state: state.into(),
                     reason: String::new(),
                     container_id,
+                    ..SessionStatus::default()
                 }),
             )
             .await;
@@ -744,7 +817,7 @@ impl Sessions {
         container_id: &str,
         what: Watch,
     ) {
-        if let Watch::Start(probe) = what {
+        if let Watch::Start(probe, timing) = what {
             if let Some(probe) = probe
                 && let Err(reason) = self.await_ready(session, generation, &probe).await
             {
@@ -769,6 +842,8 @@ impl Sessions {
                     state: SessionState::Ready.into(),
                     reason: String::new(),
                     container_id: container_id.to_owned(),
+                    pull_ms: timing.pull_ms,
+                    warmup_ms: timing.started.elapsed().as_millis() as u64,
                 })
                 .await;
             }
@@ -941,6 +1016,7 @@ impl Sessions {
                 state: SessionState::Failed.into(),
                 reason,
                 container_id,
+                ..SessionStatus::default()
             })
             .await;
         });
@@ -1188,10 +1264,22 @@ impl Sessions {
 /// What a session watcher does.
 enum Watch {
     /// A new start: wait for readiness (or report READY at once), then monitor.
-    Start(Option<Probe>),
+    Start(Option<Probe>, Timing),
     /// An adopted workload: monitor only.
     Monitor,
 }
+
+/// How long a start's phases took, reported with READY.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    /// Milliseconds spent pulling the image (0 when the node held it).
+    pull_ms: u64,
+    /// When the workload was started (after the pull).
+    started: Instant,
+}
+
+/// How often a pull's progress goes to the broker, at most.
+const PULL_PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// A readiness probe, checked and with defaults filled in.
 #[derive(Clone, Debug, PartialEq)]

@@ -24,14 +24,35 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM file with the private key of `cert`.
     pub key: Option<PathBuf>,
+    /// The name every broker's certificate must hold, whatever host the URL names.
+    /// Unset: the URL's host. Needed where brokers advertise addresses their certificate
+    /// cannot name, such as pod IPs behind a Kubernetes Service.
+    pub server_name: Option<String>,
 }
 
 impl TlsConfig {
     /// Problems with these settings, each naming its setting: `cert` and `key` come
-    /// together, every file given is readable PEM, and with TLS configured no broker is
-    /// dialled in plaintext.
+    /// together, every file given is readable PEM, with TLS configured no broker is
+    /// dialled in plaintext, and an `https://` broker gets a client certificate (the
+    /// broker takes the node's identity from it and refuses agents without one).
     pub fn problems(&self, brokers: &[String]) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.cert.is_none()
+            && let Some(url) = brokers.iter().find(|u| u.starts_with("https://"))
+        {
+            problems.push(format!(
+                "tls.cert is required: broker URL {url:?} is https://, and brokers accept \
+                 agents only with a client certificate naming the node (--tls-cert and \
+                 --tls-key; `hearth certs node <node-id>` makes them)"
+            ));
+        }
+        if let Some(name) = &self.server_name
+            && (name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/'))
+        {
+            problems.push(format!(
+                "tls.server_name {name:?} must be a host name, such as hearth-broker.hearth.svc"
+            ));
+        }
         if self.ca.is_some() || self.cert.is_some() {
             for url in brokers.iter().filter(|u| u.starts_with("http://")) {
                 problems.push(format!(
@@ -99,6 +120,9 @@ impl TlsConfig {
                 read("tls.cert", cert)?,
                 read("tls.key", key)?,
             ));
+        }
+        if let Some(name) = &self.server_name {
+            tls = tls.domain_name(name);
         }
         endpoint.tls_config(tls).map_err(|source| Error::BrokerUrl {
             url: url.to_owned(),
@@ -170,6 +194,23 @@ mod tests {
             problems.contains("tls.cert: cannot read /nonexistent/node.pem"),
             "{problems}"
         );
+        let no_cert = TlsConfig {
+            ca: Some("/nonexistent/ca.pem".into()),
+            ..TlsConfig::default()
+        }
+        .problems(&["https://b:7700".to_owned()])
+        .join("; ");
+        assert!(
+            no_cert.contains("tls.cert is required: broker URL \"https://b:7700\" is https://"),
+            "{no_cert}"
+        );
+        let bad_name = TlsConfig {
+            server_name: Some("a b".into()),
+            ..TlsConfig::default()
+        }
+        .problems(&[])
+        .join("; ");
+        assert!(bad_name.contains("tls.server_name \"a b\""), "{bad_name}");
         assert!(
             TlsConfig::default()
                 .problems(&["http://b:7700".to_owned()])

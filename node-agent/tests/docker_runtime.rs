@@ -126,6 +126,7 @@ fn worker_request(session: &Session, generation: u64) -> StartRequest {
             ..Default::default()
         },
         gpu_uuids: Vec::new(),
+        network: None,
     }
 }
 

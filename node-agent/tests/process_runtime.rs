@@ -62,6 +62,7 @@ fn worker_session(session: &str, state_dir: &StateDir, gpus: &[&str]) -> StartRe
             ..SessionSpec::default()
         },
         gpu_uuids: gpus.iter().map(|g| g.to_string()).collect(),
+        network: None,
     }
 }
 

@@ -87,6 +87,7 @@ async fn start_session(conn: &mut Conn, session: &str, spec: SessionSpec) -> Str
         spec: Some(spec),
         gpu_uuids: vec![],
         tenant: "acme".into(),
+        network: None,
     }))
     .await;
     let reply = conn.reply().await;

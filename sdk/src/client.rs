@@ -1,9 +1,10 @@
-//! A connection to a broker: authentication, TLS, retries and leader redirects.
+//! A connection to the brokers: authentication, TLS, retries, leader redirects and a
+//! list of brokers to move through when one cannot be reached.
 
 use std::{
     future::{Future, IntoFuture},
     pin::Pin,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -21,6 +22,7 @@ use crate::{
         templates_client::TemplatesClient,
     },
     retry::{self, Kind, RetryPolicy},
+    route::{At, Failure, Next, Route},
     session::Session,
 };
 
@@ -48,10 +50,11 @@ impl Interceptor for Auth {
     }
 }
 
-/// How to reach a broker; see [`Client::builder`].
+/// How to reach the brokers; see [`Client::builder`].
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
-    url: String,
+    /// The broker URLs as given, checked by `build` and `connect`.
+    brokers: Vec<String>,
     token: Option<String>,
     tls: Option<ClientTlsConfig>,
     connect_timeout: Duration,
@@ -101,25 +104,51 @@ impl ClientBuilder {
     /// Checks the settings and returns a client that dials on first use, so a broker that
     /// is down now does not fail this call; calls retry until it answers.
     pub fn build(self) -> Result<Client> {
-        let channel = self.endpoint(&self.url)?.connect_lazy();
-        self.finish(channel)
+        let endpoints = self.endpoints()?;
+        let channels = endpoints.iter().map(Endpoint::connect_lazy).collect();
+        self.finish(channels, 0)
     }
 
-    /// Checks the settings and dials the broker once, so a wrong address fails here with a
-    /// clear error. The connection re-dials by itself if it drops later.
+    /// Checks the settings and dials the brokers in the order given until one answers, so
+    /// a wrong address fails here with a clear error. The client starts at the first
+    /// broker that could be dialled; a connection re-dials by itself if it drops later.
     pub async fn connect(self) -> Result<Client> {
-        let channel = self
-            .endpoint(&self.url)?
-            .connect()
-            .await
-            .map_err(|e| Error::Connect {
-                url: self.url.clone(),
-                reason: crate::error::report(&e),
-            })?;
-        self.finish(channel)
+        let endpoints = self.endpoints()?;
+        let mut reasons = Vec::new();
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    let mut channel = Some(channel);
+                    let channels = endpoints
+                        .iter()
+                        .enumerate()
+                        .map(|(j, e)| match channel.take_if(|_| j == i) {
+                            Some(c) => c,
+                            None => e.connect_lazy(),
+                        })
+                        .collect();
+                    return self.finish(channels, i);
+                }
+                Err(e) => reasons.push(crate::error::report(&e)),
+            }
+        }
+        let reason = match reasons.as_slice() {
+            [one] => one.clone(),
+            _ => self
+                .brokers
+                .iter()
+                .zip(&reasons)
+                .map(|(url, reason)| format!("{url}: {reason}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        Err(Error::Connect {
+            url: self.brokers.join(","),
+            reason,
+        })
     }
 
-    fn finish(self, channel: Channel) -> Result<Client> {
+    fn finish(self, listed: Vec<Channel>, start: usize) -> Result<Client> {
         let auth = match &self.token {
             None => Auth(None),
             Some(t) => Auth(Some(
@@ -128,13 +157,40 @@ impl ClientBuilder {
                     .map_err(|_| Error::InvalidToken)?,
             )),
         };
+        let mut route = Route::new(self.brokers.clone());
+        if start > 0 {
+            route.start_at(start, Instant::now());
+        }
         Ok(Client {
             inner: Arc::new(Inner {
                 settings: self,
                 auth,
-                channel: RwLock::new(channel),
+                routing: Mutex::new(Routing {
+                    route,
+                    listed,
+                    named: None,
+                }),
             }),
         })
+    }
+
+    /// One endpoint per listed broker, each URL checked; an error names the bad one.
+    fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        let given = self.brokers.join(",");
+        if self.brokers.iter().all(|u| u.is_empty()) {
+            return Err(Error::InvalidUrl {
+                url: given,
+                reason: "no broker URL given (such as http://127.0.0.1:7700)".into(),
+            });
+        }
+        if self.brokers.iter().any(|u| u.is_empty()) {
+            return Err(Error::InvalidUrl {
+                url: given,
+                reason: "the list has an empty entry; separate broker URLs with single commas"
+                    .into(),
+            });
+        }
+        self.brokers.iter().map(|url| self.endpoint(url)).collect()
     }
 
     fn endpoint(&self, url: &str) -> Result<Endpoint> {
@@ -169,11 +225,36 @@ impl ClientBuilder {
 struct Inner {
     settings: ClientBuilder,
     auth: Auth,
-    /// The broker in use: the one given, or the leader a standby pointed to.
-    channel: RwLock<Channel>,
+    routing: Mutex<Routing>,
 }
 
-/// A connection to a Hearth broker. Cheap to clone; clones share the connection.
+/// The broker in use and a channel to each broker the client may use.
+struct Routing {
+    route: Route,
+    /// One channel per listed broker, in list order. Each dials on first use and
+    /// re-dials by itself after its connection drops.
+    listed: Vec<Channel>,
+    /// The channel to a leader a standby named that is not in the list, with its URL.
+    named: Option<(String, Channel)>,
+}
+
+impl Routing {
+    fn channel(&self) -> Channel {
+        match self.route.at() {
+            At::Listed(i) => self.listed[*i].clone(),
+            At::Named(url) => match &self.named {
+                Some((named, channel)) if named == url => channel.clone(),
+                // `Client::failed` makes the channel whenever the route moves to a named
+                // leader, from the same status.
+                _ => unreachable!("no channel for the named leader {url}"),
+            },
+        }
+    }
+}
+
+/// A connection to a Hearth cluster: one broker, or a list of them to move through when
+/// one cannot be reached. Cheap to clone; clones share the connections and the choice of
+/// broker.
 ///
 /// ```no_run
 /// # async fn demo() -> hearth_sdk::Result<()> {
@@ -196,7 +277,8 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.inner.settings.url)
+            .field("brokers", &self.inner.settings.brokers)
+            .field("url", &self.url())
             .field(
                 "token",
                 &self.inner.settings.token.as_ref().map(|_| "<set>"),
@@ -207,11 +289,22 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Settings for a broker such as `http://127.0.0.1:7700`; finish with
-    /// [`ClientBuilder::connect`] or [`ClientBuilder::build`].
-    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+    /// Settings for a broker such as `http://127.0.0.1:7700`, or for several, separated by
+    /// commas (`https://a:7700,https://b:7700`), as `--broker` and `HEARTH_BROKER` take
+    /// them. Finish with [`ClientBuilder::connect`] or [`ClientBuilder::build`]; either
+    /// checks every URL and names a bad one.
+    ///
+    /// With several brokers the client uses one at a time. When it cannot dial the one in
+    /// use (refused, timed out, a name that does not resolve) it moves to the next one in
+    /// the list; a call that certainly did not reach a broker is retried there at once. A
+    /// standby's answer makes it use the leader the standby names, and when that leader
+    /// cannot be dialled as named (an address that only works inside the brokers'
+    /// network) it goes back to its list. List every broker by an address this client can
+    /// reach. A host name with several addresses works too: each dial tries them in turn.
+    pub fn builder(brokers: impl Into<String>) -> ClientBuilder {
+        let brokers: String = brokers.into();
         ClientBuilder {
-            url: url.into(),
+            brokers: brokers.split(',').map(|u| u.trim().to_owned()).collect(),
             token: None,
             tls: None,
             connect_timeout: Duration::from_secs(5),
@@ -219,22 +312,39 @@ impl Client {
         }
     }
 
-    /// Connects to a broker with default settings and checks that it answers.
-    pub async fn connect(url: impl Into<String>) -> Result<Self> {
-        Self::builder(url).connect().await
+    /// [`Client::builder`] for a list of broker URLs, such as one read from a config
+    /// file: the same as giving them joined with commas.
+    pub fn builder_many<I, S>(brokers: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let brokers: Vec<String> = brokers.into_iter().map(Into::into).collect();
+        Self::builder(brokers.join(","))
     }
 
-    /// The broker URL this client was built with.
-    pub fn url(&self) -> &str {
-        &self.inner.settings.url
+    /// Connects to a broker (or the first of a comma-separated list that answers) with
+    /// default settings.
+    pub async fn connect(brokers: impl Into<String>) -> Result<Self> {
+        Self::builder(brokers).connect().await
+    }
+
+    /// The URL of the broker in use now: a listed one, or the leader a standby named.
+    pub fn url(&self) -> String {
+        self.routing().route.url().to_owned()
+    }
+
+    /// The broker URLs this client was built with, in order.
+    pub fn brokers(&self) -> &[String] {
+        &self.inner.settings.brokers
+    }
+
+    fn routing(&self) -> MutexGuard<'_, Routing> {
+        self.inner.routing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn channel(&self) -> Channel {
-        self.inner
-            .channel
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.routing().channel()
     }
 
     fn authed(&self) -> Authed {
@@ -258,8 +368,9 @@ impl Client {
         AdminClient::new(self.authed())
     }
 
-    /// Runs one idempotent unary call, retrying `UNAVAILABLE` under the client's policy
-    /// and following a standby to the leader it names. `rpc` names the call in errors.
+    /// Runs one idempotent unary call, retrying `UNAVAILABLE` under the client's policy,
+    /// following a standby to the leader it names and moving to the next broker when one
+    /// cannot be dialled. `rpc` names the call in errors.
     ///
     /// ```no_run
     /// # async fn demo(client: hearth_sdk::Client) -> hearth_sdk::Result<()> {
@@ -294,39 +405,68 @@ impl Client {
     {
         let policy = self.inner.settings.retry;
         let started = Instant::now();
-        let mut attempt = 0;
+        let mut waits = retry::Waits::default();
         loop {
+            let generation = self.routing().route.generation();
             let status = match f(self.clone()).await {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    self.routing().route.answered(generation);
+                    return Ok(value);
+                }
                 Err(status) => status,
             };
-            let wait = policy.backoff(attempt);
+            waits.failed(&status);
+            let wait = match self.failed(generation, &status) {
+                Next::Now => Duration::ZERO,
+                Next::AfterBackoff => waits.next(&policy),
+            };
             if !retry::retryable(kind, &status) || started.elapsed() + wait > policy.max_elapsed {
                 return Err(Error::rpc(rpc)(status));
             }
-            if let Some(leader) = retry::leader(&status) {
-                self.follow(&leader);
+            tracing::debug!(rpc, ?wait, error = %status.message(), "retrying");
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
-            tracing::debug!(rpc, attempt, ?wait, error = %status.message(), "retrying");
-            tokio::time::sleep(wait).await;
-            attempt += 1;
         }
     }
 
-    /// Switches to the leader a standby named, unless it cannot be dialled as given.
-    fn follow(&self, leader: &str) {
-        match self.inner.settings.endpoint(leader) {
-            Ok(endpoint) => {
-                let channel = endpoint.connect_lazy();
-                tracing::info!(leader, "following the broker leader");
-                *self
-                    .inner
-                    .channel
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = channel;
+    /// Takes in an attempt that failed with `status` and picks the broker for the next:
+    /// the next listed one when this one could not be dialled, the leader a standby named.
+    fn failed(&self, generation: u64, status: &tonic::Status) -> Next {
+        let leader =
+            retry::leader(status).and_then(|leader| match self.inner.settings.endpoint(&leader) {
+                Ok(endpoint) => Some((leader, endpoint)),
+                Err(e) => {
+                    tracing::warn!(leader, error = %e, "cannot follow the named leader");
+                    None
+                }
+            });
+        let failure = if retry::never_sent(status) {
+            Failure::Unreachable
+        } else if let Some((leader, _)) = &leader {
+            Failure::Redirect(leader)
+        } else {
+            Failure::Other
+        };
+        let mut routing = self.routing();
+        let from = routing.route.url().to_owned();
+        let next = routing.route.failed(generation, failure, Instant::now());
+        let to = routing.route.url().to_owned();
+        if to != from {
+            // The route moves to a leader outside the list only as named in `status`.
+            if let (At::Named(url), Some((_, endpoint))) = (routing.route.at(), &leader)
+                && routing.named.as_ref().is_none_or(|(named, _)| named != url)
+            {
+                routing.named = Some((url.clone(), endpoint.connect_lazy()));
             }
-            Err(e) => tracing::warn!(leader, error = %e, "cannot follow the named leader"),
+            match failure {
+                Failure::Redirect(_) => tracing::info!(from, to, "following the broker leader"),
+                _ => {
+                    tracing::info!(from, to, error = %status.message(), "broker unreachable; trying the next")
+                }
+            }
         }
+        next
     }
 
     /// Leader, epoch, store and counts; also a cheap way to check the broker answers.
@@ -464,5 +604,102 @@ impl IntoFuture for Create {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.send())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(builder: ClientBuilder) -> (String, String) {
+        match builder.build() {
+            Err(Error::InvalidUrl { url, reason }) => (url, reason),
+            other => panic!("expected InvalidUrl, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_entry_of_a_list_is_checked_and_a_bad_one_is_named() {
+        let client = Client::builder(" http://a:7700 , https://b:7700")
+            .build()
+            .unwrap();
+        assert_eq!(client.brokers(), ["http://a:7700", "https://b:7700"]);
+        assert_eq!(client.url(), "http://a:7700");
+        let client = Client::builder_many(["http://a:7700", "http://b:7700"])
+            .build()
+            .unwrap();
+        assert_eq!(client.brokers(), ["http://a:7700", "http://b:7700"]);
+
+        let (url, reason) = invalid(Client::builder("http://a:7700,b:7700"));
+        assert_eq!(url, "b:7700");
+        assert!(reason.contains("http://"), "{reason}");
+        let (url, reason) = invalid(Client::builder("http://a:7700,,http://b:7700"));
+        assert_eq!(url, "http://a:7700,,http://b:7700");
+        assert!(reason.contains("empty entry"), "{reason}");
+        let (_, reason) = invalid(Client::builder(" "));
+        assert!(reason.contains("no broker URL"), "{reason}");
+    }
+
+    /// What the route is told about a dial failure decides whether a turn is sent again,
+    /// so check tonic's real errors, not hand-made ones.
+    #[tokio::test]
+    async fn a_refused_dial_and_a_name_that_does_not_resolve_never_sent_the_request() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        for url in [
+            format!("http://127.0.0.1:{port}"),
+            "http://unreachable.invalid:7700".to_owned(),
+        ] {
+            let client = Client::builder(url.clone())
+                .retry(RetryPolicy::never())
+                .build()
+                .unwrap();
+            let err = client.cluster_info().await.unwrap_err();
+            let status = err.status().unwrap_or_else(|| panic!("{url}: {err}"));
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{url}: {err}");
+            assert!(retry::never_sent(status), "{url}: {status:?}");
+            assert!(crate::error::certainly_not_run(status), "{url}: {status:?}");
+        }
+    }
+
+    /// A broker that cannot be dialled sends the next call to the next one.
+    #[tokio::test]
+    async fn a_dead_broker_sends_the_next_call_to_the_next_one() {
+        let ports: Vec<u16> = (0..2)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .unwrap()
+                    .port()
+            })
+            .collect();
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let client = Client::builder_many(urls.clone())
+            .retry(RetryPolicy::never())
+            .build()
+            .unwrap();
+        assert_eq!(client.url(), urls[0]);
+        client.cluster_info().await.unwrap_err();
+        assert_eq!(client.url(), urls[1]);
+        client.cluster_info().await.unwrap_err();
+        assert_eq!(client.url(), urls[0], "round the list again");
+        let err = Client::builder(format!(
+            "http://127.0.0.1:{},http://127.0.0.1:{}",
+            ports[0], ports[1]
+        ))
+        .connect()
+        .await
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("http://127.0.0.1:{}: ", ports[0]))
+                && text.contains(&format!("http://127.0.0.1:{}: ", ports[1])),
+            "the error names both brokers: {text}"
+        );
     }
 }

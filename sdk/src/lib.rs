@@ -7,8 +7,10 @@
 //!
 //! # Layout
 //! - `proto`: the generated `hearth.v1` package and its file descriptor set (for reflection).
-//! - `client`: [`Client`], a connection to a broker with tokens, TLS, retries of
-//!   `UNAVAILABLE` with backoff, and leader redirects.
+//! - `client`: [`Client`], a connection to a broker (or a list of brokers) with tokens,
+//!   TLS, retries of `UNAVAILABLE` with backoff, and leader redirects.
+//! - `route`: which broker of the list a client uses, and where it goes when that one
+//!   cannot be dialled or a standby names the leader.
 //! - `session`: [`Session`], a handle on one session with a background keep-alive, and
 //!   its turns ([`Exec`], [`Invoke`]).
 //! - `retry`: [`RetryPolicy`] and what is safe to retry.
@@ -22,6 +24,7 @@ pub mod error;
 #[cfg(feature = "server")]
 pub mod ops;
 pub mod retry;
+pub mod route;
 pub mod session;
 pub mod size;
 pub mod time;

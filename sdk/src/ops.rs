@@ -4,7 +4,12 @@
 use std::{future::Future, sync::Arc};
 
 use axum::{
-    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
+    Router,
+    extract::{Query, State},
+    http::StatusCode,
+    http::header,
+    response::IntoResponse,
+    routing::get,
 };
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
@@ -16,6 +21,11 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// `/ready` answers 200 while this is true, 503 otherwise.
     pub ready: watch::Receiver<bool>,
+    /// `/ready?standby=ok` also answers 200 while this is true: a broker standby that
+    /// can reach its store, ready to take over. Orchestrators probe that form, because a
+    /// replica that is never Ready blocks rolling updates and disruption budgets. `None`
+    /// where there is no standby role (the agent): the query changes nothing.
+    pub standby: Option<watch::Receiver<bool>>,
 }
 
 /// Serves the admin HTTP endpoints on `listener` until `shutdown` completes. `extra` is
@@ -37,11 +47,27 @@ pub async fn serve_admin(
         .await
 }
 
-async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
+async fn ready(
+    State(state): State<AdminState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> impl IntoResponse {
+    // `standby=ok`: a healthy standby counts as ready too.
+    let standby_ok = match query.get("standby").map(String::as_str) {
+        None => false,
+        Some("ok") => true,
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("standby={other:?}: the only value is \"ok\"\n"),
+            );
+        }
+    };
     if *state.ready.borrow() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_owned())
+    } else if standby_ok && state.standby.as_ref().is_some_and(|s| *s.borrow()) {
+        (StatusCode::OK, "ready (standby)\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
     }
 }
 

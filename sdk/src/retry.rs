@@ -26,12 +26,13 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 50 ms doubling to 2 s, for up to 30 s: long enough to ride out a leader failover
-    /// (about 3 s) or a broker restart.
+    /// 50 ms doubling to 1 s, for up to 30 s: long enough to ride out a leader failover
+    /// (about 3 s) or a broker restart. The 1 s cap bounds how long a client waits, after
+    /// a standby has taken over, before its next try finds it leading.
     fn default() -> Self {
         Self {
             initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(1),
             max_elapsed: Duration::from_secs(30),
         }
     }
@@ -54,6 +55,39 @@ impl RetryPolicy {
             .saturating_mul(2u32.saturating_pow(n.min(20)))
             .min(self.max_backoff);
         cap.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// How far one call's wait between attempts has grown.
+#[derive(Debug, Default)]
+pub(crate) struct Waits {
+    /// Backoffs since the wait last started over.
+    grown: u32,
+    /// Whether the last refusal a broker answered named a leader.
+    named_leader: Option<bool>,
+}
+
+impl Waits {
+    /// Takes in a failed attempt. A standby that stops naming a leader has just taken
+    /// over (or a leader just stepped down): the wait starts over from the shortest, as
+    /// the agent's does, because the next answer (its node reconnected, say) is likely to
+    /// come soon. Failures to dial say nothing about that and change nothing.
+    pub(crate) fn failed(&mut self, status: &Status) {
+        if never_sent(status) {
+            return;
+        }
+        let names = leader(status).is_some();
+        if self.named_leader.is_some_and(|before| before != names) {
+            self.grown = 0;
+        }
+        self.named_leader = Some(names);
+    }
+
+    /// The next wait under `policy`; each call grows the one after it.
+    pub(crate) fn next(&mut self, policy: &RetryPolicy) -> Duration {
+        let wait = policy.backoff(self.grown);
+        self.grown = self.grown.saturating_add(1);
+        wait
     }
 }
 
@@ -90,10 +124,15 @@ pub(crate) fn leader(status: &Status) -> Option<String> {
 }
 
 /// True when the transport failed before the request left this process: no connection
-/// could be made, or the connection closed while the request still waited to be sent.
+/// could be made (refused, timed out, a name that does not resolve, a failed TLS
+/// handshake: everything tonic reports as a [`tonic::ConnectError`]), or the connection
+/// closed while the request still waited to be sent.
 pub(crate) fn never_sent(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && matches!(
                 io.kind(),
@@ -129,7 +168,12 @@ mod tests {
         }
         // With full jitter the mean of many draws sits near half the cap.
         let mean: f64 = (0..2000).map(|_| p.backoff(10).as_secs_f64()).sum::<f64>() / 2000.0;
-        assert!((0.7..1.3).contains(&mean), "mean {mean}");
+        let half = p.max_backoff.as_secs_f64() / 2.0;
+        assert!(
+            (half * 0.7..half * 1.3).contains(&mean),
+            "mean {mean}, cap {:?}",
+            p.max_backoff
+        );
     }
 
     #[test]
@@ -164,6 +208,40 @@ mod tests {
         assert!(!retryable(Kind::Turn, &broken));
         // The workload's own UNKNOWN is not the transport's.
         assert!(!retryable(Kind::Unary, &Status::unknown("worker said no")));
+    }
+
+    #[test]
+    fn the_wait_starts_over_when_a_standby_stops_naming_a_leader() {
+        let policy = RetryPolicy {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(60),
+            ..RetryPolicy::default()
+        };
+        let mut standby = Status::unavailable("not the leader");
+        standby
+            .metadata_mut()
+            .insert(LEADER_METADATA_KEY, "http://a:7700".parse().unwrap());
+        let leader_now = Status::unavailable("node gpu-1 is not connected");
+        let mut waits = Waits::default();
+        for _ in 0..6 {
+            waits.failed(&standby);
+            waits.next(&policy);
+        }
+        assert_eq!(waits.grown, 6);
+        // A dial failure in between changes nothing.
+        let mut refused = Status::unavailable("tcp connect error");
+        refused.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        waits.failed(&refused);
+        assert_eq!(waits.grown, 6);
+        // The standby took over: it answers without naming anyone.
+        waits.failed(&leader_now);
+        assert_eq!(waits.grown, 0);
+        assert!(waits.next(&policy) <= policy.initial_backoff);
+        // The same answer again lets the wait grow as usual.
+        waits.failed(&leader_now);
+        assert_eq!(waits.grown, 1);
     }
 
     #[test]

@@ -64,6 +64,28 @@ pub async fn node_ready_within(url: &str, id: &str, deadline: Duration) -> anyho
     .await
 }
 
+/// Waits (up to 30 s) until `node` is READY, asking through `admin` (an SDK client with
+/// an admin token, for brokers that require tokens).
+pub async fn node_ready_as(admin: &hearth_sdk::Client, node: &str) -> anyhow::Result<()> {
+    crate::eventually(
+        &format!("node {node} READY"),
+        Duration::from_secs(30),
+        || async {
+            let nodes = admin
+                .admin()
+                .list_nodes(hearth_sdk::proto::v1::ListNodesRequest::default())
+                .await?
+                .into_inner()
+                .nodes;
+            Ok(nodes
+                .iter()
+                .any(|n| n.id == node && n.state() == hearth_sdk::proto::v1::NodeState::Ready)
+                .then_some(()))
+        },
+    )
+    .await
+}
+
 /// One Invoke turn on port 8080, collected: the status and the whole body.
 pub async fn invoke(
     client: &mut SessionsClient<Channel>,
@@ -113,4 +135,22 @@ pub fn json_field(body: &[u8], field: &str) -> Option<String> {
     let rest = text[at..].trim_start();
     let end = rest.find([',', '}']).unwrap_or(rest.len());
     Some(rest[..end].trim().trim_matches('"').to_owned())
+}
+
+/// One unlabelled sample from the `/metrics` of the admin HTTP address `admin`
+/// (`host:port`); `None` when it cannot be read or has no such sample.
+pub async fn metric(admin: &str, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }

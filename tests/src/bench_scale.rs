@@ -9,9 +9,9 @@
 //! allocations are audited straight from etcd, then every session is deleted.
 //!
 //! Placement latency is the client-observed time of `CreateSession` with `no_wait: true`:
-//! the broker's placement, its fenced etcd transaction (record and GPU keys), the start
-//! command's round trip to the simulated host (which answers at once) and the etcd write
-//! of the STARTING state; no readiness wait. The broker's RSS is sampled from
+//! the broker's placement and its fenced etcd transaction (record and GPU keys). The start
+//! (a command to the simulated host, which answers at once, and the etcd write of the
+//! STARTING state) goes on in the background; the wave waits for READY before its audit. The broker's RSS is sampled from
 //! `/proc/<pid>/status` (peak, with `VmHWM`), its CPU from `/proc/<pid>/stat` over the
 //! waves' wall time.
 //!
@@ -54,7 +54,7 @@ pub const USAGE: &str =
 scale   One hearth-broker (release build) on a real etcd, N SIMULATED hosts x G simulated
         GPUs in this process with 1 Hz telemetry, S sessions created and deleted in W waves
         (default: as many waves as keep each wave within the fleet's GPUs). Reports
-        CreateSession latency (no_wait: placement + etcd transaction + start round trip),
+        CreateSession latency (no_wait: placement + etcd transaction; the start goes on after),
         the broker's peak RSS and CPU, and double-booked GPUs read from etcd.
         Defaults: 1000 hosts, 8 GPUs, 8000 sessions, 16 in flight, mix 1:60,2:20,4:15,8:5
         (percent of sessions asking for 1, 2, 4 and 8 GPUs).";
@@ -440,23 +440,6 @@ async fn delete_all(channel: &Channel, ids: Vec<String>, concurrency: usize) -> 
     .await
 }
 
-/// One counter from the broker's `/metrics`.
-async fn metric(admin: &str, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
 fn json_counts(counts: &BTreeMap<String, usize>) -> String {
     let inner: Vec<String> = counts.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     format!("{{{}}}", inner.join(","))
@@ -560,9 +543,13 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     // Telemetry alone: the fleet's steady cost with no API calls.
     let telemetry_name = "hearth_broker_telemetry_received_total";
     let idle = CpuMeter::start(&pid_text, ticks);
-    let before = metric(&broker.admin, telemetry_name).await.unwrap_or(0.0);
+    let before = api::metric(&broker.admin, telemetry_name)
+        .await
+        .unwrap_or(0.0);
     tokio::time::sleep(Duration::from_secs(o.idle_seconds)).await;
-    let after = metric(&broker.admin, telemetry_name).await.unwrap_or(0.0);
+    let after = api::metric(&broker.admin, telemetry_name)
+        .await
+        .unwrap_or(0.0);
     let idle_secs = idle.at.elapsed().as_secs_f64();
     let idle_cores = idle.cores();
     let telemetry_per_s = (after - before) / idle_secs;
@@ -680,7 +667,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     audits.push(end);
     let whole_run_cores = run_cpu.cores();
     let peak_kib = rss.finish(pid).await;
-    let write_failures = metric(&broker.admin, "hearth_broker_store_write_failures_total")
+    let write_failures = api::metric(&broker.admin, "hearth_broker_store_write_failures_total")
         .await
         .unwrap_or(f64::NAN);
     let sim = fleet.stats();

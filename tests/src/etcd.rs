@@ -118,8 +118,21 @@ impl Etcd {
                 .context("creating etcd's temp dir")?,
             child: None,
         };
-        etcd.spawn().await?;
-        Ok(etcd)
+        let mut tries = 1;
+        loop {
+            match etcd.spawn().await {
+                Ok(()) => return Ok(etcd),
+                // Another process took a port between `free_port` and etcd's bind (tests
+                // run side by side): pick new ports and start over.
+                Err(e) if tries < 3 && format!("{e:#}").contains("address already in use") => {
+                    tries += 1;
+                    etcd.client_port = free_port()?;
+                    etcd.peer_port = free_port()?;
+                    let _ = fs::remove_dir_all(etcd.dir.path().join("data"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The client URL, like `http://127.0.0.1:PORT`.

@@ -303,6 +303,16 @@ impl Agent {
             args.extend(["--state-dir".to_owned(), state.display().to_string()]);
             state_dir = Some(state);
         }
+        // Tests put sessions of several tenants on one process node, which a real agent
+        // refuses unless told so (the process runtime keeps tenants apart in nothing);
+        // `tests/tests/isolation.rs` checks that refusal with an agent of its own.
+        let process = extra
+            .iter()
+            .position(|a| *a == "--runtime")
+            .is_none_or(|at| extra.get(at + 1) == Some(&"process"));
+        if process && !extra.iter().any(|a| a.starts_with("--mixed-tenants")) {
+            args.push("--mixed-tenants".to_owned());
+        }
         if let Some(at) = extra.iter().position(|a| *a == "--state-dir") {
             state_dir = extra.get(at + 1).map(PathBuf::from);
         } else if state_dir.is_none() {

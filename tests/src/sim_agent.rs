@@ -226,6 +226,16 @@ impl SimFleet {
             .sum()
     }
 
+    /// Makes host `node_id` report XID `code` on GPU `gpu` in its next telemetry sample,
+    /// as NVML would after a GPU error. Returns false for an unknown node.
+    pub fn report_xid(&self, node_id: &str, gpu: usize, code: u64) -> bool {
+        let Some(host) = self.hosts.iter().find(|h| h.node_id == node_id) else {
+            return false;
+        };
+        host.lock().pending_xids.push((gpu, code));
+        true
+    }
+
     /// Hosts whose stream has reached `Welcome`.
     pub fn connected(&self) -> u64 {
         self.stats.connected.load(Ordering::Relaxed)
@@ -294,6 +304,8 @@ struct HostState {
     workloads: HashMap<String, Workload>,
     /// Highest leader epoch admitted; lower ones are refused (for the life of the host).
     highest_epoch: i64,
+    /// Fatal XIDs to report in the next telemetry sample: (GPU index, code).
+    pending_xids: Vec<(usize, u64)>,
 }
 
 struct SimHost {
@@ -512,7 +524,18 @@ impl SimHost {
         let message = AgentMessage {
             msg: Some(agent_message::Msg::Telemetry(NodeTelemetry {
                 sampled_at: Some(hearth_sdk::time::now()),
-                gpus: self.gpus.sample().unwrap_or_default(),
+                gpus: {
+                    let mut gpus = self.gpus.sample().unwrap_or_default();
+                    for (gpu, code) in std::mem::take(&mut self.lock().pending_xids) {
+                        if let Some(g) = gpus.get_mut(gpu) {
+                            g.xid_events.push(hearth_sdk::proto::v1::XidEvent {
+                                code,
+                                time: Some(hearth_sdk::time::now()),
+                            });
+                        }
+                    }
+                    gpus
+                },
                 busy_sessions: Vec::new(),
             })),
         };
@@ -789,6 +812,7 @@ fn status(
         state: state.into(),
         reason: reason.to_owned(),
         container_id: container_id.to_owned(),
+        ..SessionStatus::default()
     })
 }
 

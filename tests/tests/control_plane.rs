@@ -167,7 +167,11 @@ async fn killed_agent_goes_suspect_then_disconnected_then_ready_again() -> anyho
     eprintln!("liveness: SUSPECT after {suspect_at:?}, DISCONNECTED after {disconnected_at:?}");
 
     agent.proc.restart()?;
-    ready_node(&broker.url, &agent.node_id, Duration::from_secs(20)).await?;
+    ready_node(&broker.url, &agent.node_id, Duration::from_secs(30))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("{e}\n{}\n{}", broker.proc.log_tail(), agent.proc.log_tail())
+        })?;
     Ok(())
 }
 
@@ -273,6 +277,25 @@ async fn standby_takes_over_within_5s_of_a_leader_kill_and_agents_follow() -> an
             .map(|v| v.to_str().unwrap()),
         Some(a.url.as_str())
     );
+
+    // Readiness: /ready is the leader's alone; /ready?standby=ok takes in a standby that
+    // reads the store, for orchestrators; any other value is an error naming the one.
+    assert_eq!(http_status(&a.admin, "/ready").await?, 200);
+    assert_eq!(http_status(&b.admin, "/ready").await?, 503);
+    assert_eq!(http_status(&a.admin, "/ready?standby=ok").await?, 200);
+    let standby_ready = eventually(
+        "broker-b ready as a standby",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = http_get(&b.admin, "/ready?standby=ok").await?;
+            Ok((status == 200).then_some(body))
+        },
+    )
+    .await?;
+    assert!(standby_ready.contains("ready (standby)"), "{standby_ready}");
+    let (status, body) = http_get(&b.admin, "/ready?standby=yes").await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("the only value is \"ok\""), "{body}");
 
     a.proc.kill();
     let killed = Instant::now();

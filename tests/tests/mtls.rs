@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use hearth_sdk::{Client, proto::v1::ListNodesRequest};
+use hearth_sdk::{
+    Client,
+    proto::v1::{AgentMessage, ListNodesRequest, node_agent_client::NodeAgentClient},
+};
 use hearth_tests::{
     api, eventually, images,
     process::{Agent, Broker, binary, free_port},
@@ -133,13 +136,47 @@ async fn agents_without_the_right_certificate_never_register() -> anyhow::Result
     let (broker, https) = tls_broker(dir.path(), &pki)?;
     let ca = pki.file("ca.pem");
 
-    // No certificate at all: the handshake passes (clients need none), Connect does not.
-    let no_cert = agent(
+    // No certificate at all: the agent refuses to start, naming the setting it lacks.
+    let mut no_cert = agent(
         dir.path(),
         "no-cert",
         &https,
         &["--tls-ca".into(), ca.clone()],
     )?;
+    eventually(
+        "the agent without a certificate to exit",
+        Duration::from_secs(30),
+        || {
+            let running = no_cert.proc.running();
+            async move { Ok((!running).then_some(())) }
+        },
+    )
+    .await?;
+    let refused = log(&no_cert);
+    assert!(
+        refused.contains("tls.cert is required") && refused.contains("hearth certs node"),
+        "the agent names tls.cert and how to make one:\n{refused}"
+    );
+    // The broker refuses such a stream too: the handshake passes (clients need no
+    // certificate), Connect does not.
+    let channel = tonic::transport::Endpoint::from_shared(https.clone())?
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&ca)?)),
+        )?
+        .connect()
+        .await?;
+    let refusal = NodeAgentClient::new(channel)
+        .connect(futures::stream::pending::<AgentMessage>())
+        .await
+        .expect_err("Connect without a client certificate is refused");
+    assert_eq!(refusal.code(), tonic::Code::Unauthenticated, "{refusal:?}");
+    assert!(
+        refusal.message().contains(
+            "NodeAgent.Connect needs a client certificate signed by the broker's tls.client_ca"
+        ),
+        "{refusal:?}"
+    );
     // A certificate from another CA: the broker ends the TLS session (with TLS 1.3 the
     // agent sees it only as a broken connection).
     let foreign_flags = foreign.node("foreign", &ca)?;
@@ -148,11 +185,6 @@ async fn agents_without_the_right_certificate_never_register() -> anyhow::Result
     let node_a_flags = pki.node("node-a", &ca)?;
     let impostor = agent(dir.path(), "node-b", &https, &node_a_flags)?;
 
-    agent_logged(
-        &no_cert,
-        "NodeAgent.Connect needs a client certificate signed by the broker's tls.client_ca",
-    )
-    .await?;
     agent_logged(
         &impostor,
         "the client certificate is for node \"node-a\", but Hello names node \"node-b\"",
@@ -176,7 +208,7 @@ async fn agents_without_the_right_certificate_never_register() -> anyhow::Result
         "no agent may register, yet the broker lists {nodes:?}\n{}",
         broker.proc.log_tail()
     );
-    for agent in [&no_cert, &foreign_agent, &impostor] {
+    for agent in [&foreign_agent, &impostor] {
         assert!(
             !log(agent).contains("connected to broker"),
             "{} reached Welcome\n{}",

@@ -272,3 +272,80 @@ async fn quotas_and_the_rate_limit_refuse_with_the_limit_named_and_free_on_delet
     assert_eq!(claimed.state(), SessionState::Ready);
     Ok(())
 }
+
+/// The create rate limit holds right after a `kill -9` of the leader: the standby that
+/// takes over reads the bucket the old leader left in etcd, instead of starting full.
+#[tokio::test]
+async fn the_rate_limit_holds_across_a_leader_kill() -> anyhow::Result<()> {
+    let Some(etcd) = hearth_tests::etcd::etcd_or_skip().await else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("broker.toml");
+    // Three creates, then one every 20 s: the test ends long before a token comes back.
+    std::fs::write(&config, "[quota.tenants.team-r]\ncreates_per_minute = 3\n")?;
+    let team = create_token(&config, "team-r", "user")?;
+    let admin = create_token(&config, "ops", "admin")?;
+    let endpoint = etcd.endpoint();
+    let prefix = hearth_tests::etcd::unique_prefix("rate-failover");
+    let config_flag = config.display().to_string();
+    let flags = [
+        "--etcd",
+        &endpoint,
+        "--etcd-prefix",
+        &prefix,
+        "--config",
+        &config_flag,
+    ];
+    let (mut a, _, b) =
+        hearth_tests::cluster::leader_and_standby_as(dir.path(), &flags, &admin).await?;
+    let agent = hearth_tests::process::Agent::spawn(
+        dir.path(),
+        "rate-node",
+        &[&a.url, &b.url],
+        &["--simulate-gpus", "1"],
+    )?;
+    let client = hearth_sdk::Client::builder(format!("{},{}", a.url, b.url))
+        .token(team)
+        .build()?;
+    let logs = |e: anyhow::Error| anyhow::anyhow!("{e:#}\n{}", agent.proc.log_tail());
+    let ops = hearth_sdk::Client::builder(&a.url)
+        .token(admin.clone())
+        .build()?;
+    api::node_ready_as(&ops, "rate-node").await.map_err(logs)?;
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        made.push(
+            client
+                .create(spec(0))
+                .await
+                .map_err(anyhow::Error::from)
+                .map_err(logs)?,
+        );
+    }
+    let over = client
+        .create(spec(0))
+        .await
+        .expect_err("a fourth create in the minute");
+    assert!(
+        over.to_string().contains("creates_per_minute 3 reached"),
+        "{over}"
+    );
+
+    a.proc.kill();
+    hearth_tests::cluster::until_leads_as("broker-b takes over", &b.url, &admin).await?;
+    let after = client
+        .create(spec(0))
+        .await
+        .expect_err("the new leader keeps the bucket the old one emptied");
+    let said = after.to_string();
+    assert!(
+        said.contains("tenant team-r: creates_per_minute 3 reached") && said.contains("retry in"),
+        "the refusal is the rate limit's, not a missing node's: {said}"
+    );
+    // The sessions made before the kill are still there, on the new leader.
+    for session in &made {
+        assert_eq!(session.get().await?.state, SessionState::Ready as i32);
+    }
+    Ok(())
+}

@@ -10,64 +10,23 @@
 
 use std::{
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use hearth_sdk::proto::v1::{
-    CreateSessionRequest, DeleteSessionRequest, Event, GetSessionRequest, GpuRequest, NodeState,
-    Session, SessionSpec, SessionState, WatchEventsRequest, create_session_request,
-    sessions_client::SessionsClient,
+    CreateSessionRequest, DeleteSessionRequest, GetSessionRequest, GpuRequest, NodeState, Session,
+    SessionSpec, SessionState, create_session_request, sessions_client::SessionsClient,
 };
 use hearth_tests::{
-    api, eventually, images, netns,
+    api,
+    events::Events,
+    eventually, images, netns,
     process::{Agent, Broker, Proc, binary, free_port},
 };
 use tonic::{Code, transport::Channel};
 
 /// Generous: two busy cores, image unpacking, readiness probes.
 const SLOW: Duration = Duration::from_secs(60);
-
-/// Cluster events as they arrive, collected by a background task.
-#[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<Event>>>);
-
-impl Events {
-    /// Follows every `session.` event of the broker at `url` from now on.
-    async fn watch(url: &str) -> anyhow::Result<Self> {
-        let mut stream = api::admin(url)
-            .watch_events(WatchEventsRequest {
-                kinds: vec!["session.".into()],
-            })
-            .await?
-            .into_inner();
-        let events = Self::default();
-        let sink = events.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(e)) = stream.message().await {
-                sink.0.lock().unwrap_or_else(|e| e.into_inner()).push(e);
-            }
-        });
-        Ok(events)
-    }
-
-    /// The first event of `kind` about session `id`, if any yet.
-    fn find(&self, kind: &str, id: &str) -> Option<Event> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|e| e.kind == kind && e.session_id == id)
-            .cloned()
-    }
-
-    async fn wait(&self, kind: &str, id: &str, timeout: Duration) -> anyhow::Result<Event> {
-        eventually(&format!("event {kind} for {id}"), timeout, || async {
-            Ok(self.find(kind, id))
-        })
-        .await
-    }
-}
 
 fn one_gpu(mut spec: SessionSpec) -> SessionSpec {
     spec.gpus = Some(GpuRequest {
@@ -451,7 +410,27 @@ async fn a_short_network_cut_keeps_the_warm_session() -> anyhow::Result<()> {
     assert_eq!(f.incr(&s.id).await?, 1);
     assert_eq!(f.incr(&s.id).await?, 2);
 
+    let downs_before = f.agent.log_tail().matches("broker link down").count();
     f.ns.cut()?;
+    let cut = std::time::Instant::now();
+    // The agent gives the silent link up by itself (dead_link_after, 2 s, on unacknowledged
+    // telemetry), well before HTTP/2 keepalive would (10 s + 5 s).
+    eventually(
+        "the agent gives the cut link up",
+        Duration::from_secs(12),
+        || async {
+            Ok(
+                (f.agent.log_tail().matches("broker link down").count() > downs_before)
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", f.logs()))?;
+    eprintln!(
+        "the agent gave the cut link up {:?} after the cut",
+        cut.elapsed()
+    );
     wait_node(&f.url, &f.node_id, NodeState::Disconnected, SLOW)
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", f.logs()))?;

@@ -33,6 +33,8 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+static NEXT_FIXTURE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Fixture {
     async fn start(runtime: Runtime) -> anyhow::Result<Option<Self>> {
         let image = match runtime {
@@ -52,9 +54,12 @@ impl Fixture {
             Runtime::Docker => "docker",
             Runtime::Process => "process",
         };
+        // Tests run side by side on one Docker engine: each agent gets its own node id, so
+        // neither sweeps the other's containers or networks.
+        let scenario = NEXT_FIXTURE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let agent = Agent::spawn(
             dir.path(),
-            &format!("{name}-node"),
+            &format!("{name}-node-{}-{scenario}", std::process::id()),
             &[&broker.url],
             &[
                 "--simulate-gpus",
@@ -386,11 +391,14 @@ async fn bad_input_scenario(runtime: Runtime) -> anyhow::Result<()> {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().contains(&unknown));
 
+    // Not on the node, and not to be pulled (pulls have tests of their own, against a
+    // registry: tests/tests/registry.rs).
     let mut missing = f.spec(0, None);
     missing.image = match runtime {
         Runtime::Docker => "hearth-no-such-image:latest".into(),
         Runtime::Process => "/no/such/executable".into(),
     };
+    missing.set_pull_policy(hearth_sdk::proto::v1::PullPolicy::Never);
     let err = f.create(missing).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("spec.image"), "{err:?}");

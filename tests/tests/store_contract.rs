@@ -480,6 +480,46 @@ async fn standby_waits_for_resign(f: &mut Fixture) {
     );
 }
 
+/// Whether `changes` says something changed within 5 s.
+async fn heard(changes: &mut store::Changes) -> bool {
+    matches!(
+        timeout(Duration::from_secs(5), changes.recv()).await,
+        Ok(Some(()))
+    )
+}
+
+/// A watcher on a prefix hears of puts and deletes under it, made by another broker's
+/// handle too, and of nothing else.
+async fn watch_prefix(f: &mut Fixture) {
+    let s = f.store();
+    let peer = f.peer().await;
+    let mut changes = s.watch("tokens/").await.expect("watch");
+    put(peer.as_ref(), "tokens/a", b"1").await;
+    assert!(heard(&mut changes).await, "a put under the prefix is heard");
+    put(s, "tokenz/b", b"1").await;
+    put(s, "other", b"1").await;
+    assert!(
+        timeout(Duration::from_millis(300), changes.recv())
+            .await
+            .is_err(),
+        "writes outside the prefix are not heard"
+    );
+    peer.txn(Txn::default().delete("tokens/a"))
+        .await
+        .expect("delete");
+    assert!(
+        heard(&mut changes).await,
+        "a delete under the prefix is heard"
+    );
+    // Several writes before the reader looks come as at least one change.
+    for i in 0..5 {
+        put(s, &format!("tokens/{i}"), b"x").await;
+    }
+    assert!(heard(&mut changes).await);
+    drop(changes);
+    put(s, "tokens/after", b"x").await;
+}
+
 macro_rules! contract {
     (store: [$($check:ident),* $(,)?], fixture: [$($fcheck:ident),* $(,)?] $(,)?) => {
         mod embedded {
@@ -529,7 +569,7 @@ contract! {
         fencing,
         leader_key_taken_away,
     ],
-    fixture: [persistence, standby_waits_for_resign],
+    fixture: [persistence, standby_waits_for_resign, watch_prefix],
 }
 
 // ---- embedded only ----

@@ -13,13 +13,14 @@ use std::{collections::BTreeSet, future::Future, path::Path, pin::Pin, time::Dur
 
 use hearth_sdk::proto::v1::{
     AdminListSessionsRequest, CordonNodeRequest, CreateSessionRequest, CreateTemplateRequest,
-    DeleteSessionRequest, DeleteTemplateRequest, DrainNodeRequest, ExecRequest,
+    CreateTokenRequest, DeleteSessionRequest, DeleteTemplateRequest, DrainNodeRequest, ExecRequest,
     FILE_DESCRIPTOR_SET, GetClusterInfoRequest, GetNodeRequest, GetSessionRequest,
     GetTemplateRequest, InvokeRequest, KeepAliveRequest, ListNodesRequest, ListSessionsRequest,
-    ListTemplatesRequest, NodeState, PauseSessionRequest, ResumeSessionRequest, Session,
-    SessionSpec, SessionState, Template, UncordonNodeRequest, UpdateTemplateRequest,
-    WatchEventsRequest, WatchSessionRequest, admin_client::AdminClient, create_session_request,
-    exec_response, sessions_client::SessionsClient, templates_client::TemplatesClient,
+    ListTemplatesRequest, ListTokensRequest, NodeState, PauseSessionRequest, ResumeSessionRequest,
+    RevokeTokenRequest, Session, SessionSpec, SessionState, Template, UncordonNodeRequest,
+    UpdateTemplateRequest, WatchEventsRequest, WatchSessionRequest, admin_client::AdminClient,
+    create_session_request, exec_response, sessions_client::SessionsClient,
+    templates_client::TemplatesClient,
 };
 use hearth_tests::{
     api, eventually, images,
@@ -632,6 +633,45 @@ async fn tenants_see_only_their_own_objects_and_admin_needs_the_admin_role() -> 
             }),
             Expect::Ok,
         ),
+        admin_row(
+            "hearth.v1.Admin/CreateToken",
+            call(|mut c| async move {
+                let made = c
+                    .admin
+                    .create_token(CreateTokenRequest {
+                        tenant: "tenancy-made".into(),
+                        ..CreateTokenRequest::default()
+                    })
+                    .await?
+                    .into_inner();
+                Ok(made.info.into_iter().map(|i| i.tenant).collect())
+            }),
+            Expect::Sees("tenancy-made".into()),
+        ),
+        admin_row(
+            "hearth.v1.Admin/ListTokens",
+            call(|mut c| async move {
+                let r = c.admin.list_tokens(ListTokensRequest::default()).await?;
+                Ok(r.into_inner()
+                    .tokens
+                    .into_iter()
+                    .map(|t| t.tenant)
+                    .collect())
+            }),
+            Expect::Sees("tenancy-made".into()),
+        ),
+        admin_row(
+            "hearth.v1.Admin/RevokeToken",
+            call(|mut c| async move {
+                c.admin
+                    .revoke_token(RevokeTokenRequest {
+                        id: "tok_01NOSUCHTOKEN000000000000".into(),
+                    })
+                    .await?;
+                Ok(vec![])
+            }),
+            Expect::Fails(Code::NotFound),
+        ),
         // Last: it stops every session on the node.
         admin_row(
             "hearth.v1.Admin/DrainNode",
@@ -727,7 +767,15 @@ async fn tenants_see_only_their_own_objects_and_admin_needs_the_admin_role() -> 
 #[test]
 fn token_create_prints_the_token_alone_and_the_entry_on_stderr() -> anyhow::Result<()> {
     let out = std::process::Command::new(binary("hearth")?)
-        .args(["token", "create", "--tenant", "team-a", "--role", "admin"])
+        .args([
+            "token",
+            "create",
+            "--tenant",
+            "team-a",
+            "--role",
+            "admin",
+            "--offline",
+        ])
         .output()?;
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout)?;

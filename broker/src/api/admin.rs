@@ -3,20 +3,23 @@
 use std::sync::Arc;
 
 use hearth_sdk::proto::v1::{
-    AdminListSessionsRequest, ClusterInfo, CordonNodeRequest, DrainNodeRequest, Event,
-    GetClusterInfoRequest, GetNodeRequest, ListNodesRequest, ListNodesResponse,
-    ListSessionsResponse, Node, NodeState, UncordonNodeRequest, WatchEventsRequest,
-    admin_server::Admin,
+    AdminListSessionsRequest, ClusterInfo, CordonNodeRequest, CreateTokenRequest,
+    CreateTokenResponse, DrainNodeRequest, Event, GetClusterInfoRequest, GetNodeRequest,
+    ListNodesRequest, ListNodesResponse, ListSessionsResponse, ListTokensRequest,
+    ListTokensResponse, Node, NodeState, RevokeTokenRequest, TokenInfo, UncordonNodeRequest,
+    WatchEventsRequest, admin_server::Admin,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use super::BoxStream;
 use crate::{
+    auth,
     cluster::{Cluster, Role},
     convert,
     error::Error,
     nodes::NODES_PREFIX,
+    tokens,
 };
 
 /// The Admin service.
@@ -208,6 +211,32 @@ impl Admin for AdminService {
             }
         }
         Ok(Response::new(info))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let created = tokens::create(&self.cluster, &caller, request.into_inner()).await?;
+        Ok(Response::new(created))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        let tokens = tokens::list(&self.cluster, request.get_ref()).await?;
+        Ok(Response::new(ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<TokenInfo>, Status> {
+        let caller = auth::caller(&request)?;
+        let revoked = tokens::revoke(&self.cluster, &caller, &request.get_ref().id).await?;
+        Ok(Response::new(revoked))
     }
 }
 

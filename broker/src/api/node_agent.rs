@@ -1,4 +1,5 @@
-//! `hearth.v1.NodeAgent.Connect`: the one stream per GPU host.
+//! `hearth.v1.NodeAgent.Connect`: the one stream per GPU host, and `ConnectTurns`: the
+//! turn links ([`crate::turn_links`]).
 //!
 //! The agent's first message must be `Hello`; the broker checks it, records the node and
 //! answers `Welcome`. After that every agent message counts as a heartbeat. Messages to the
@@ -9,7 +10,7 @@
 use std::sync::Arc;
 
 use hearth_sdk::proto::v1::{
-    AgentMessage, BrokerMessage, CancelTurn, Welcome, agent_message, broker_message,
+    AgentMessage, BrokerMessage, CancelTurn, Hello, Welcome, agent_message, broker_message,
     node_agent_server::NodeAgent,
 };
 use tokio::sync::mpsc;
@@ -23,6 +24,7 @@ use crate::{
     error::Error,
     nodes::Connection,
     tls::{self, AgentIdentity},
+    turn_links,
     turns::Routed,
 };
 
@@ -47,6 +49,13 @@ impl NodeAgentService {
     ) -> Result<(LeaderState, convert::CheckedHello), Status> {
         let peer = peer?;
         let leader = self.cluster.require_leader().await?;
+        let hello = convert::hello(self.read_hello(inbound).await?)?;
+        tls::check_hello(&peer, &hello.node_id)?;
+        Ok((leader, hello))
+    }
+
+    /// The stream's first message, which must be a Hello sent within `hello_timeout`.
+    async fn read_hello(&self, inbound: &mut Streaming<AgentMessage>) -> Result<Hello, Status> {
         let first = tokio::time::timeout(self.cluster.config.hello_timeout, inbound.message())
             .await
             .map_err(|_| {
@@ -55,22 +64,29 @@ impl NodeAgentService {
                     humantime::format_duration(self.cluster.config.hello_timeout)
                 ))
             })??;
-        let hello = match first.and_then(|m| m.msg) {
-            Some(agent_message::Msg::Hello(hello)) => hello,
+        match first.and_then(|m| m.msg) {
+            Some(agent_message::Msg::Hello(hello)) => Ok(hello),
             Some(_) => {
-                return Err(
-                    Error::invalid("msg", "the first message on a stream must be Hello").into(),
-                );
+                Err(Error::invalid("msg", "the first message on a stream must be Hello").into())
             }
-            None => {
-                return Err(Status::cancelled(
-                    "the agent closed its stream before Hello",
-                ));
-            }
-        };
-        let hello = convert::hello(hello)?;
+            None => Err(Status::cancelled(
+                "the agent closed its stream before Hello",
+            )),
+        }
+    }
+
+    /// Checks a turn link's Hello: only the node id is read (and, with TLS, checked
+    /// against the certificate).
+    async fn accept_turn_link(
+        &self,
+        peer: Result<AgentIdentity, Status>,
+        inbound: &mut Streaming<AgentMessage>,
+    ) -> Result<String, Status> {
+        let peer = peer?;
+        let hello = self.read_hello(inbound).await?;
+        convert::node_id("hello.node_id", &hello.node_id)?;
         tls::check_hello(&peer, &hello.node_id)?;
-        Ok((leader, hello))
+        Ok(hello.node_id)
     }
 }
 
@@ -99,11 +115,6 @@ impl NodeAgent for NodeAgentService {
         // this Hello are judged against its inventory.
         let expected = self.cluster.sessions.expected_on(&node_id);
         let (tx, rx) = mpsc::channel(OUTBOX);
-        let connection = self
-            .cluster
-            .nodes
-            .connect(&leader, hello, tx.clone())
-            .await?;
         let welcome = BrokerMessage {
             msg: Some(broker_message::Msg::Welcome(Welcome {
                 epoch: leader.epoch,
@@ -117,8 +128,17 @@ impl NodeAgent for NodeAgentService {
                 )),
             })),
         };
-        // The outbox is empty and its receiver is alive: this cannot fail or wait.
+        // Queued before the node is registered, so that it is the first message on the
+        // stream: once `connect` has registered the outbox (and while it persists the node),
+        // a turn or a start for this node can be queued, and an agent drops a stream whose
+        // first message is not Welcome. The outbox is empty and its receiver is alive: this
+        // cannot fail or wait.
         let _ = tx.try_send(welcome);
+        let connection = self
+            .cluster
+            .nodes
+            .connect(&leader, hello, tx.clone())
+            .await?;
         drop(tx);
         self.cluster.metrics.agent_streams.inc();
         // The node's inventory against the sessions placed on it (sessions.rs: adopt,
@@ -147,6 +167,95 @@ impl NodeAgent for NodeAgentService {
         let outbound = ReceiverStream::new(rx).map(Ok);
         Ok(Response::new(Box::pin(outbound)))
     }
+
+    type ConnectTurnsStream = BoxStream<BrokerMessage>;
+
+    async fn connect_turns(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectTurnsStream>, Status> {
+        let peer = tls::agent_identity(&self.cluster.config.tls, request.peer_certs());
+        let mut inbound = request.into_inner();
+        let node_id = match self.accept_turn_link(peer, &mut inbound).await {
+            Ok(node_id) => node_id,
+            Err(status) => {
+                tracing::info!(code = ?status.code(), "refused a turn link: {}", status.message());
+                return Err(status);
+            }
+        };
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        // A turn link carries no lifecycle command, so its Welcome carries no epoch.
+        let _ = tx.try_send(BrokerMessage {
+            msg: Some(broker_message::Msg::Welcome(Welcome {
+                broker_id: self.cluster.broker_id.clone(),
+                ..Welcome::default()
+            })),
+        });
+        let connection = self.cluster.turn_links.insert(&node_id, tx);
+        self.cluster.metrics.turn_links.inc();
+        tracing::debug!(node_id, connection = connection.id, "turn link up");
+        tokio::spawn(serve_turn_link(
+            self.cluster.clone(),
+            node_id,
+            connection,
+            inbound,
+        ));
+        let outbound = ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+/// Reads a turn link's messages (turn output and replies) until it ends.
+async fn serve_turn_link(
+    cluster: Arc<Cluster>,
+    node_id: String,
+    connection: Connection,
+    mut inbound: Streaming<AgentMessage>,
+) {
+    let why = loop {
+        let message = tokio::select! {
+            _ = connection.closed.cancelled() => break "replaced by a newer link".to_owned(),
+            _ = cluster.shutdown.cancelled() => break "the broker is shutting down".to_owned(),
+            m = inbound.message() => m,
+        };
+        let routed = match message {
+            Ok(Some(m)) => route_turn_message(&cluster, m).await,
+            Ok(None) => break "the agent closed the link".to_owned(),
+            Err(status) => break format!("stream error: {}", status.message()),
+        };
+        if let Routed::Cancel(turn_id) = routed {
+            let _ = connection.tx.try_send(BrokerMessage {
+                msg: Some(broker_message::Msg::CancelTurn(CancelTurn { turn_id })),
+            });
+        }
+    };
+    tracing::debug!(
+        node_id,
+        connection = connection.id,
+        "turn link ended: {why}"
+    );
+    connection.closed.cancel();
+    cluster.turn_links.remove(&node_id, connection.id);
+    cluster.turns.node_gone(&turn_links::turns_key(&node_id));
+    cluster.metrics.turn_links.dec();
+}
+
+/// Hands a turn's output or reply to the turn waiting for it.
+async fn route_turn_message(cluster: &Cluster, message: AgentMessage) -> Routed {
+    match message.msg {
+        Some(agent_message::Msg::ExecOutput(out)) => match out.response {
+            Some(r) => cluster.turns.on_exec_output(&out.turn_id, r).await,
+            None => Routed::Done,
+        },
+        Some(agent_message::Msg::InvokeChunk(chunk)) => {
+            cluster
+                .turns
+                .on_invoke_chunk(&chunk.turn_id, chunk.response, chunk.end)
+                .await
+        }
+        Some(agent_message::Msg::Reply(reply)) => cluster.turns.on_reply(reply).await,
+        _ => Routed::Done,
+    }
 }
 
 /// Reads the agent's messages until the stream must end, then forgets the stream.
@@ -174,17 +283,11 @@ async fn serve(
                 telemetry = Some(t);
                 Routed::Done
             }
-            Some(agent_message::Msg::ExecOutput(out)) => match out.response {
-                Some(r) => cluster.turns.on_exec_output(&out.turn_id, r).await,
-                None => Routed::Done,
-            },
-            Some(agent_message::Msg::InvokeChunk(chunk)) => {
-                cluster
-                    .turns
-                    .on_invoke_chunk(&chunk.turn_id, chunk.response, chunk.end)
-                    .await
-            }
-            Some(agent_message::Msg::Reply(reply)) => cluster.turns.on_reply(reply).await,
+            Some(
+                msg @ (agent_message::Msg::ExecOutput(_)
+                | agent_message::Msg::InvokeChunk(_)
+                | agent_message::Msg::Reply(_)),
+            ) => route_turn_message(&cluster, AgentMessage { msg: Some(msg) }).await,
             Some(agent_message::Msg::SessionStatus(status)) => {
                 if let Err(e) = cluster
                     .sessions
@@ -193,6 +296,13 @@ async fn serve(
                 {
                     tracing::warn!(node_id, error = %e, "could not record a session status");
                 }
+                Routed::Done
+            }
+            Some(agent_message::Msg::PullProgress(progress)) => {
+                cluster.turns.progress(&progress.command_id);
+                cluster
+                    .sessions
+                    .on_pull_progress(&cluster, &node_id, &progress);
                 Routed::Done
             }
             Some(agent_message::Msg::Hello(_)) => {

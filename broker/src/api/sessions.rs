@@ -1,5 +1,7 @@
 //! `hearth.v1.Sessions`: what agents call. Turns (Exec, Invoke) are routed to the
-//! session's node from memory; only lifecycle changes touch the store.
+//! session's node from memory; only lifecycle changes touch the store. While the leader
+//! is down, a standby serves turns of READY sessions through the agents' turn links
+//! ([`crate::turn_links`]).
 
 use std::sync::Arc;
 
@@ -7,7 +9,7 @@ use hearth_sdk::proto::v1::{
     BrokerMessage, CommandMeta, CreateSessionRequest, DeleteSessionRequest, ExecCommand,
     ExecRequest, ExecResponse, GetSessionRequest, InvokeCommand, InvokeRequest, InvokeResponse,
     KeepAliveRequest, KeepAliveResponse, ListSessionsRequest, ListSessionsResponse,
-    PauseSessionRequest, ResumeSessionRequest, Session, SessionEvent, SessionState,
+    PauseSessionRequest, ResumeSessionRequest, Session, SessionEvent, SessionSpec, SessionState,
     WatchSessionRequest, broker_message, sessions_server::Sessions,
 };
 use tokio_stream::StreamExt as _;
@@ -16,11 +18,12 @@ use tonic::{Request, Response, Status};
 use super::BoxStream;
 use crate::{
     auth,
-    cluster::{Cluster, LeaderState},
+    cluster::Cluster,
     convert,
     error::{Error, Result},
     nodes::Connection,
     sessions::is_terminal,
+    turn_links,
     turns::{TurnStream, Turns},
 };
 
@@ -41,27 +44,85 @@ impl SessionsService {
     /// Routes a turn to its session's workload: resumes a paused session, registers the
     /// turn's output stream, sends the command down the node's stream, and keeps the
     /// session busy (no idle pause) until the stream ends.
+    ///
+    /// A standby serves the turn through the node's turn link while the leader does not
+    /// answer ([`crate::turn_links`]); otherwise it refuses with the leader's address. An
+    /// Invoke names its `port`, which the session must expose.
     async fn start_turn<T: Send + 'static>(
         &self,
-        leader: &LeaderState,
         tenant: &str,
         session_id: &str,
+        port: Option<u32>,
         open: impl FnOnce(&Turns, &str, &Connection, &str) -> TurnStream<T>,
         command: impl FnOnce(CommandMeta, String) -> broker_message::Msg,
     ) -> Result<BoxStream<T>> {
-        let (route, connection) = self
-            .cluster
-            .sessions
-            .route(&self.cluster, leader, tenant, session_id)
-            .await?;
+        let (key, generation, epoch, connection, guard) = match self.cluster.require_leader().await
+        {
+            Ok(leader) => {
+                if let Some(port) = port {
+                    let entry = self.cluster.sessions.entry(tenant, session_id)?;
+                    exposes(entry.snapshot().spec.as_ref(), session_id, port)?;
+                }
+                let (route, connection) = self
+                    .cluster
+                    .sessions
+                    .route(&self.cluster, &leader, tenant, session_id)
+                    .await?;
+                let key = match route.via_link {
+                    true => turn_links::turns_key(&route.node_id),
+                    false => route.node_id.clone(),
+                };
+                if route.via_link {
+                    self.cluster.metrics.turns_via_link_total.inc();
+                }
+                (
+                    key,
+                    route.generation,
+                    leader.epoch,
+                    connection,
+                    Some(route.guard),
+                )
+            }
+            Err(Error::NotLeader { leader }) => {
+                let refuse = || Error::NotLeader {
+                    leader: leader.clone(),
+                };
+                // A leader key naming this broker while it does not lead is a lease of
+                // its own past life (it lost leadership, say to an etcd outage): nobody
+                // serves behind it until a leader takes over.
+                if let Some(info) = &leader
+                    && info.broker_id != self.cluster.broker_id
+                    && self.cluster.turn_links.answers(&info.address).await
+                {
+                    return Err(refuse());
+                }
+                let route = self
+                    .cluster
+                    .turn_links
+                    .route(&*self.cluster.store, tenant, session_id, |why| {
+                        tracing::debug!(session = session_id, "turn left to the leader: {why}");
+                        refuse()
+                    })
+                    .await?;
+                if let Some(port) = port {
+                    exposes(route.record.spec.as_ref(), session_id, port)?;
+                }
+                self.cluster.metrics.turns_via_link_total.inc();
+                let key = turn_links::turns_key(&route.node_id);
+                // No epoch: nothing on a turn link is fenced (the agent checks the
+                // session's generation).
+                (key, route.generation, 0, route.connection, None)
+            }
+            Err(e) => return Err(e),
+        };
         let turn_id = ulid::Ulid::new().to_string();
-        let stream = open(&self.cluster.turns, &route.node_id, &connection, &turn_id)
+        let stream = open(&self.cluster.turns, &key, &connection, &turn_id)
             .with_registry(self.cluster.turns.clone());
         let meta = CommandMeta {
             command_id: turn_id.clone(),
-            epoch: leader.epoch,
+            epoch,
             session_id: session_id.to_owned(),
-            generation: route.generation,
+            generation,
         };
         self.cluster.metrics.turns_total.inc();
         connection
@@ -75,12 +136,24 @@ impl SessionsService {
                     "the session's node disconnected; the turn was not run (retry)".to_owned(),
                 )
             })?;
-        let guard = route.guard;
         Ok(Box::pin(stream.map(move |item| {
             let _busy = &guard;
             item
         })))
     }
+}
+
+/// Checks that a session whose spec is `spec` exposes `port` to Invoke.
+fn exposes(spec: Option<&SessionSpec>, session_id: &str, port: u32) -> Result<()> {
+    if spec.is_some_and(|s| s.ports.iter().any(|p| p.port == port)) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "port",
+        format!(
+            "{port} is not exposed by session {session_id} (spec.ports lists the ports Invoke may use)"
+        ),
+    ))
 }
 
 /// Filters and pages a sorted list of sessions.
@@ -239,13 +312,12 @@ impl Sessions for SessionsService {
         let caller = auth::caller(&request)?;
         let request = request.into_inner();
         convert::exec_request(&request)?;
-        let leader = self.cluster.require_leader().await?;
         let session_id = request.session_id.clone();
         let stream = self
             .start_turn(
-                &leader,
                 &caller.tenant,
                 &session_id,
+                None,
                 |turns, node, connection, turn| turns.open_exec(node, connection, turn),
                 |meta, turn_id| {
                     broker_message::Msg::Exec(ExecCommand {
@@ -267,31 +339,12 @@ impl Sessions for SessionsService {
     ) -> Result<Response<Self::InvokeStream>, Status> {
         let caller = auth::caller(&request)?;
         let request = convert::invoke_request(request.into_inner())?;
-        let leader = self.cluster.require_leader().await?;
-        let entry = self
-            .cluster
-            .sessions
-            .entry(&caller.tenant, &request.session_id)?;
-        let exposed = entry
-            .snapshot()
-            .spec
-            .is_some_and(|s| s.ports.iter().any(|p| p.port == request.port));
-        if !exposed {
-            return Err(Error::invalid(
-                "port",
-                format!(
-                    "{} is not exposed by session {} (spec.ports lists the ports Invoke may use)",
-                    request.port, request.session_id
-                ),
-            )
-            .into());
-        }
         let session_id = request.session_id.clone();
         let stream = self
             .start_turn(
-                &leader,
                 &caller.tenant,
                 &session_id,
+                Some(request.port),
                 |turns, node, connection, turn| turns.open_invoke(node, connection, turn),
                 |meta, turn_id| {
                     broker_message::Msg::Invoke(InvokeCommand {

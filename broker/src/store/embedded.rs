@@ -29,8 +29,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Compare, KeyValue, LEADER_KEY, LeaderInfo, LeaderRecord, Leadership, Op, Store, StoreError,
-    Txn, TxnOutcome,
+    Changes, Compare, KeyValue, LEADER_KEY, LeaderInfo, LeaderRecord, Leadership, Op, Store,
+    StoreError, Txn, TxnOutcome,
 };
 
 /// Written into every snapshot, so that a stray file is refused rather than read as an
@@ -59,6 +59,8 @@ struct Inner {
     wal: Mutex<Wal>,
     /// Wakes campaigners when the live leadership ends.
     leader_gone: Notify,
+    /// [`Store::watch`]ers: a prefix and where to say it changed.
+    watchers: Mutex<Vec<(String, tokio::sync::mpsc::Sender<()>)>>,
     /// Held, never read: dropping it releases the OS lock.
     _lock: File,
 }
@@ -307,6 +309,7 @@ impl EmbeddedStore {
                 state: Mutex::new(state),
                 wal: Mutex::new(wal),
                 leader_gone: Notify::new(),
+                watchers: Mutex::new(Vec::new()),
                 _lock: lock,
             }),
         })
@@ -525,6 +528,7 @@ impl Inner {
         }
         let mut next = state.clone();
         let ops = wal_ops(&txn.then);
+        let keys: Vec<String> = txn.then.iter().map(|op| op.key().to_owned()).collect();
         if next.apply(txn.then) {
             self.log(next.revision, ops)?;
             let ended = next.check_leader();
@@ -533,11 +537,31 @@ impl Inner {
             if ended {
                 self.leader_gone.notify_waiters();
             }
+            // Under the state lock, so watchers hear of writes in order.
+            self.tell_watchers(&keys);
         }
         Ok(TxnOutcome {
             succeeded: true,
             revision: state.revision,
         })
+    }
+
+    /// Tells every watcher whose prefix covers one of `keys`; forgets closed ones.
+    fn tell_watchers(&self, keys: &[String]) {
+        let mut watchers = self
+            .watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        watchers.retain(|(prefix, tx)| {
+            if tx.is_closed() {
+                return false;
+            }
+            if keys.iter().any(|k| k.starts_with(prefix.as_str())) {
+                // Full: a change is already waiting to be read.
+                let _ = tx.try_send(());
+            }
+            true
+        });
     }
 
     /// Makes one write durable: appends it to the log. Call with `state` locked.
@@ -654,6 +678,16 @@ impl Store for EmbeddedStore {
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         let inner = Arc::clone(&self.inner);
         blocking(move || inner.txn(txn)).await
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<Changes, StoreError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        self.inner
+            .watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((prefix.to_owned(), tx));
+        Ok(rx)
     }
 
     /// There is one process, so a campaign normally wins at once. It waits only while an

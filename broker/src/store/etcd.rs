@@ -20,8 +20,8 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    Compare, KeyValue, LEADER_KEY, LeaderInfo, LeaderRecord, Leadership, Op, Store, StoreError,
-    Txn, TxnOutcome,
+    Changes, Compare, KeyValue, LEADER_KEY, LeaderInfo, LeaderRecord, Leadership, Op, Store,
+    StoreError, Txn, TxnOutcome,
 };
 
 /// Upper bound on one unary request. Without it a call made while every endpoint is down
@@ -317,6 +317,35 @@ impl Store for EtcdStore {
             return Ok(None);
         };
         LeaderInfo::from_key(&kv).map(Some)
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<Changes, StoreError> {
+        let mut client = self.client.clone();
+        let options = WatchOptions::new().with_prefix();
+        let mut stream = call("watch", client.watch(self.full(prefix), Some(options))).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    message = stream.message() => message,
+                };
+                match message {
+                    Ok(Some(response)) if !response.canceled() => {
+                        if !response.events().is_empty() {
+                            // Full: a change is already waiting to be read.
+                            let _ = tx.try_send(());
+                        }
+                    }
+                    // Broken or cancelled (say, compacted): closing tells the caller to
+                    // read again and watch again.
+                    _ => return,
+                }
+            }
+        });
+        Ok(rx)
     }
 
     async fn resign(&self, leadership: &Leadership) -> Result<(), StoreError> {

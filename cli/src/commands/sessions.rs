@@ -3,7 +3,7 @@
 
 use std::{
     process::ExitCode,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures::StreamExt as _;
@@ -122,7 +122,11 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Follows the session's events until it is READY, printing each change to stderr.
+/// How often pull progress is printed when stderr is not a terminal.
+const PULL_LINE_EVERY: Duration = Duration::from_secs(1);
+
+/// Follows the session's events until it is READY, printing each change to stderr, and
+/// the image pull's progress while it runs.
 async fn wait_ready(ctx: &Ctx, session: Session, started: Instant) -> Result<Session> {
     let id = session.id.clone();
     let subject = Subject::Session(&id);
@@ -133,9 +137,30 @@ async fn wait_ready(ctx: &Ctx, session: Session, started: Instant) -> Result<Ses
         })
         .await?;
     let mut last = session.state();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut pull_line: Option<Instant> = None;
     while let Some(event) = events.next().await {
         let event = event.map_err(|s| ctx.status("Sessions/WatchSession", s, subject))?;
         let state = event.state();
+        let pulling = event.message.starts_with("pulling image ");
+        if state == last && (pulling || event.message.starts_with("pulled image ")) {
+            // Pull progress: one line redrawn in place on a terminal, else a line a second.
+            let due = !pulling || pull_line.is_none_or(|at| at.elapsed() >= PULL_LINE_EVERY);
+            if tty {
+                let end = if pulling { "" } else { "\n" };
+                stderr(format!("\r\x1b[K  {}{end}", event.message).as_bytes());
+            } else if due {
+                stderr(format!("  {}\n", event.message).as_bytes());
+            }
+            if due {
+                pull_line = Some(Instant::now());
+            }
+            continue;
+        }
+        if tty && pull_line.is_some() {
+            stderr(b"\n");
+            pull_line = None;
+        }
         if state != last {
             let message = if event.message.is_empty() {
                 String::new()
@@ -158,7 +183,18 @@ async fn wait_ready(ctx: &Ctx, session: Session, started: Instant) -> Result<Ses
     }
     let session = get_session(ctx, &id).await?;
     match session.state() {
-        SessionState::Ready => Ok(session),
+        SessionState::Ready => {
+            let warmup = table::human(Duration::from_millis(session.warmup_ms));
+            let line = match session.pull_ms {
+                0 => format!("  warm-up {warmup} (the node held the image)\n"),
+                ms => format!(
+                    "  image pull {}, warm-up {warmup}\n",
+                    table::human(Duration::from_millis(ms))
+                ),
+            };
+            stderr(line.as_bytes());
+            Ok(session)
+        }
         state if is_terminal(state) => Err(Error::SessionEnded {
             id,
             state: state_name(state).to_owned(),

@@ -1,17 +1,30 @@
-//! `hearth token`: client tokens for a broker's `[[auth.tokens]]`.
+//! `hearth token`: client tokens.
 //!
 //! A token is 32 random bytes from the operating system's generator, written as `hth_`
-//! and unpadded base64url (47 characters). The broker keeps only its SHA-256, so the
-//! token is printed once, on stdout, and the config entry (hash only) goes to a file or
-//! to stderr.
+//! and unpadded base64url (47 characters). Brokers keep only its SHA-256, so a token is
+//! printed once, on stdout.
+//!
+//! - Against a running cluster, `create`, `ls` and `revoke` go through `Admin`: the store
+//!   keeps the hash, and every broker accepts (or, once revoked, refuses) the token within
+//!   a second, with no restart.
+//! - Offline (`create --append FILE` or `--offline`), `create` makes a token for a broker's
+//!   config file (`[[auth.tokens]]`), which the broker reads at start-up: how the first
+//!   admin token of a cluster is made.
 
-use std::{fmt::Write as _, io::Write as _, path::PathBuf, process::ExitCode};
+use std::{fmt::Write as _, io::Write as _, path::PathBuf, process::ExitCode, time::SystemTime};
 
 use base64::Engine as _;
 use clap::{Args, Subcommand, ValueEnum};
+use hearth_sdk::proto::v1::{
+    CreateTokenRequest, ListTokensRequest, RevokeTokenRequest, TokenInfo, TokenSource,
+};
 use ring::rand::SecureRandom as _;
 
-use crate::error::{Error, Result};
+use super::Ctx;
+use crate::{
+    error::{Error, Result, Subject},
+    table::{self, Table},
+};
 
 /// What every token starts with, so a leaked one is easy to recognise and scan for.
 pub const PREFIX: &str = "hth_";
@@ -19,15 +32,26 @@ pub const PREFIX: &str = "hth_";
 /// `hearth token ...`
 #[derive(Debug, Subcommand)]
 pub enum Token {
-    /// Make a new token for a tenant (needs no broker).
+    /// Make a new token for a tenant: through the broker (an admin token is needed), or
+    /// offline for a broker's config file.
     ///
-    /// Prints the token alone on stdout, and the `[[auth.tokens]]` entry for the broker's
-    /// config (its SHA-256, never the token) on stderr, or appends it to --append FILE.
-    /// Restart the broker to load it. The token cannot be printed again: store it now.
+    /// Prints the token alone on stdout; it cannot be printed again, so store it now.
+    /// Through the broker, every broker accepts it within a second. With --append FILE
+    /// (or --offline) no broker is dialled: the `[[auth.tokens]]` entry (its SHA-256,
+    /// never the token) is appended to FILE (or printed on stderr), and the broker loads
+    /// it at its next start. The first admin token of a cluster is made this way.
     #[command(after_help = "Examples:\n  \
-        hearth token create --tenant team-a --append /etc/hearth/broker.toml\n  \
-        hearth token create --tenant ops --role admin 2>>broker.toml")]
+        hearth --token $ADMIN token create --tenant team-a --description 'CI runner'\n  \
+        hearth token create --tenant ops --role admin --append /etc/hearth/broker.toml\n  \
+        hearth token create --tenant ops --role admin --offline 2>>broker.toml")]
     Create(CreateArgs),
+    /// List the tokens brokers accept (never the tokens or their hashes): those made
+    /// through the broker, then those in the brokers' config.
+    #[command(visible_alias = "list")]
+    Ls(ListArgs),
+    /// Revoke a token made through the broker; every broker refuses it within a second.
+    #[command(visible_alias = "rm")]
+    Revoke(RevokeArgs),
 }
 
 /// The role a token grants.
@@ -35,8 +59,17 @@ pub enum Token {
 pub enum Role {
     /// Sessions and templates of its tenant.
     User,
-    /// Also the Admin service: every tenant's sessions, nodes, events.
+    /// Also the Admin service: every tenant's sessions, nodes, events, tokens.
     Admin,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 /// `hearth token create`.
@@ -48,20 +81,160 @@ pub struct CreateArgs {
     /// What the token may do.
     #[arg(long, value_enum, default_value = "user")]
     pub role: Role,
-    /// Append the `[[auth.tokens]]` entry to this TOML file (created if missing) instead
-    /// of printing it on stderr.
+    /// What the token is for, shown by `hearth token ls` (through the broker only).
+    #[arg(long, conflicts_with_all = ["append", "offline"])]
+    pub description: Option<String>,
+    /// Offline: append the `[[auth.tokens]]` entry to this TOML file (created if missing);
+    /// the broker loads it at its next start.
     #[arg(long, value_name = "FILE")]
     pub append: Option<PathBuf>,
+    /// Offline: print the `[[auth.tokens]]` entry on stderr instead of asking the broker.
+    #[arg(long, conflicts_with = "append")]
+    pub offline: bool,
 }
 
-/// Runs `hearth token ...`.
-pub fn run(command: &Token) -> Result<ExitCode> {
-    match command {
-        Token::Create(args) => create(args),
+impl CreateArgs {
+    /// Whether this create needs no broker.
+    pub fn offline(&self) -> bool {
+        self.offline || self.append.is_some()
     }
 }
 
-fn create(args: &CreateArgs) -> Result<ExitCode> {
+/// `hearth token ls`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this tenant's tokens.
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+/// `hearth token revoke`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The token's id, as `hearth token ls` shows it (tok_...).
+    pub id: String,
+}
+
+/// Runs `hearth token create --append/--offline`, which needs no broker.
+pub fn run_offline(args: &CreateArgs) -> Result<ExitCode> {
+    create_offline(args)
+}
+
+/// Runs `hearth token ...` against the broker.
+pub async fn run(ctx: &Ctx, command: Token) -> Result<ExitCode> {
+    match command {
+        Token::Create(args) if args.offline() => create_offline(&args),
+        Token::Create(args) => create(ctx, args).await,
+        Token::Ls(args) => list(ctx, args).await,
+        Token::Revoke(args) => revoke(ctx, args).await,
+    }
+}
+
+async fn create(ctx: &Ctx, args: CreateArgs) -> Result<ExitCode> {
+    check_tenant(&args.tenant)?;
+    let request = CreateTokenRequest {
+        tenant: args.tenant,
+        role: args.role.as_str().to_owned(),
+        description: args.description.unwrap_or_default(),
+    };
+    let created = ctx
+        .call("Admin/CreateToken", Subject::None, |c| {
+            let request = request.clone();
+            async move { c.admin().create_token(request).await }
+        })
+        .await?;
+    let info = created.info.clone().unwrap_or_default();
+    if ctx.json {
+        return ctx
+            .result(&created, String::new)
+            .map(|()| ExitCode::SUCCESS);
+    }
+    super::stderr(
+        format!(
+            "token {} for tenant {} (role {}): every broker accepts it within a second; it is \
+             printed this once\n",
+            info.id, info.tenant, info.role
+        )
+        .as_bytes(),
+    );
+    super::stdout(format!("{}\n", created.token).as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(ctx: &Ctx, args: ListArgs) -> Result<ExitCode> {
+    if let Some(tenant) = &args.tenant {
+        check_tenant(tenant)?;
+    }
+    let request = ListTokensRequest {
+        tenant: args.tenant.unwrap_or_default(),
+    };
+    let listed = ctx
+        .call("Admin/ListTokens", Subject::None, |c| {
+            let request = request.clone();
+            async move { c.admin().list_tokens(request).await }
+        })
+        .await?;
+    ctx.result(&listed, || token_table(&listed.tokens, SystemTime::now()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_table(tokens: &[TokenInfo], now: SystemTime) -> String {
+    let mut rows = Table::new(&[
+        "ID",
+        "TENANT",
+        "ROLE",
+        "SOURCE",
+        "AGE",
+        "CREATED BY",
+        "DESCRIPTION",
+    ]);
+    for t in tokens {
+        let store = t.source == TokenSource::Store as i32;
+        rows.row(vec![
+            t.id.clone(),
+            t.tenant.clone(),
+            t.role.clone(),
+            if store { "store" } else { "config" }.to_owned(),
+            if store {
+                table::age(t.created_at.as_ref(), now)
+            } else {
+                "-".to_owned()
+            },
+            if t.created_by.is_empty() {
+                "-".to_owned()
+            } else {
+                t.created_by.clone()
+            },
+            if t.description.is_empty() {
+                "-".to_owned()
+            } else {
+                t.description.clone()
+            },
+        ]);
+    }
+    rows.render()
+}
+
+async fn revoke(ctx: &Ctx, args: RevokeArgs) -> Result<ExitCode> {
+    let request = RevokeTokenRequest {
+        id: args.id.clone(),
+    };
+    let revoked = ctx
+        .call("Admin/RevokeToken", Subject::Token(&args.id), |c| {
+            let request = request.clone();
+            async move { c.admin().revoke_token(request).await }
+        })
+        .await?;
+    ctx.result(&revoked, || {
+        format!(
+            "token {} of tenant {} revoked: every broker refuses it within a second\n",
+            revoked.id, revoked.tenant
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn create_offline(args: &CreateArgs) -> Result<ExitCode> {
     check_tenant(&args.tenant)?;
     let token = new_token()?;
     let entry = entry(&args.tenant, args.role, &sha256_hex(&token));
@@ -115,10 +288,7 @@ pub fn sha256_hex(token: &str) -> String {
 
 /// The config entry for a token.
 fn entry(tenant: &str, role: Role, sha256: &str) -> String {
-    let role = match role {
-        Role::User => "user",
-        Role::Admin => "admin",
-    };
+    let role = role.as_str();
     format!("[[auth.tokens]]\ntenant = \"{tenant}\"\nrole = \"{role}\"\nsha256 = \"{sha256}\"\n")
 }
 

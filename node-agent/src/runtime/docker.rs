@@ -3,15 +3,18 @@
 //! - A session's container is named `hearth-<session id>` and labelled with the session,
 //!   generation, epoch and tenant, so [`Runtime::list`] finds it again after an agent
 //!   restart. Docker owns the state; this type keeps only a cache of addresses.
-//! - Images are never pulled: a missing image is [`RuntimeError::ImageNotFound`].
+//! - Images are pulled on demand before a start, as `spec.pull_policy` says, one pull per
+//!   image however many starts wait for it, with progress (`docker/pull.rs`).
 //! - Containers start hardened: not privileged, every capability dropped (the spec's
 //!   `security.add_capabilities` are added back; the broker allows them per tenant),
 //!   `no-new-privileges`, and always a pids, memory and CPU limit: the spec's, else the
 //!   agent's `[session_limits]`.
 //!   GPUs are a `DeviceRequest` for the allocated UUIDs (the NVIDIA container runtime then
 //!   sets `NVIDIA_VISIBLE_DEVICES`; we set no GPU variables ourselves).
-//! - Ports are reached directly at the container's IP on its bridge network, which the
-//!   host can route to on Linux; nothing is published on the host's interfaces.
+//! - Ports are reached directly at the container's IP on its network (Docker's default
+//!   bridge, or the one `docker.network` names), which the agent can route to on Linux;
+//!   nothing is published on the host's interfaces. An agent in a container names a
+//!   network it is attached to itself.
 //!
 //! Exec cancellation: Docker has no API to kill an exec'd process. On cancel we look its
 //! pid up (`inspect_exec`, a pid in dockerd's pid namespace), check through
@@ -45,9 +48,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SessionLimits;
 
+mod firewall;
+pub mod gc;
+pub mod network;
+pub mod pull;
+
+pub use firewall::Firewall;
+use network::{Networks, Policy};
+
 use super::{
     ExecOutput, ExecSpec, LABEL_EPOCH, LABEL_GENERATION, LABEL_NODE, LABEL_SESSION, LABEL_TENANT,
-    Runtime, RuntimeError, StartRequest, Workload, WorkloadState,
+    PullProgress, Runtime, RuntimeError, StartRequest, Workload, WorkloadState,
 };
 
 /// Pids limit for a session whose spec sets none, unless `session_limits.pids_limit`
@@ -56,6 +67,10 @@ pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
 
 /// Container name prefix; the session id follows.
 pub const CONTAINER_PREFIX: &str = "hearth-";
+
+/// Label naming the network a session's container joined, so its address is looked up
+/// there (also for a container adopted after an agent restart).
+const LABEL_NETWORK: &str = "hearth.network";
 
 /// Label holding the ports the spec lists (comma-separated), so `address` can refuse other
 /// ports even for a container adopted after an agent restart. (The container's
@@ -81,6 +96,18 @@ pub struct DockerRuntime {
     /// The node whose containers these are (`hearth.node`); `None` means every Hearth
     /// container on the engine.
     node: Option<String>,
+    /// The one network every container joins (`docker.network`), shared by tenants.
+    network: Option<String>,
+    /// Per-tenant session networks (the default for an agent); `None`: the shared
+    /// `network`, else Docker's default bridge.
+    networks: Option<Networks>,
+    /// With a shared network: whether sessions of several tenants may run here.
+    mixed_tenants: bool,
+    /// Image pulls in progress.
+    pulls: std::sync::Arc<pull::Pulls>,
+    /// The images this agent pulled, for garbage collection (`gc.rs`); `None` until
+    /// [`DockerRuntime::recording_pulls`].
+    pulled: Option<gc::Pulled>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -94,7 +121,7 @@ pub fn container_name(session_id: &str) -> String {
     format!("{CONTAINER_PREFIX}{session_id}")
 }
 
-fn backend(message: impl Into<String>) -> RuntimeError {
+pub(super) fn backend(message: impl Into<String>) -> RuntimeError {
     RuntimeError::Backend {
         runtime: "docker",
         message: message.into(),
@@ -102,7 +129,7 @@ fn backend(message: impl Into<String>) -> RuntimeError {
 }
 
 /// The HTTP status of a Docker engine error, if it was one.
-fn status_of(error: &DockerError) -> Option<u16> {
+pub(super) fn status_of(error: &DockerError) -> Option<u16> {
     match error {
         DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
@@ -143,7 +170,113 @@ impl DockerRuntime {
             addresses: Mutex::new(HashMap::new()),
             limits,
             node: None,
+            network: None,
+            networks: None,
+            mixed_tenants: false,
+            pulls: Default::default(),
+            pulled: None,
         })
+    }
+
+    /// Gives each tenant its own session networks on this node (see `network.rs`),
+    /// firewalled from the host and the metadata address when `firewall` is set. Adopts
+    /// the networks an earlier agent made and removes those left empty. Call after
+    /// [`DockerRuntime::for_node`].
+    pub async fn with_tenant_networks(mut self, firewall: bool) -> Result<Self, RuntimeError> {
+        let node = self
+            .node
+            .clone()
+            .ok_or_else(|| backend("tenant networks need the node id (for_node)"))?;
+        let firewall = if firewall {
+            Some(Firewall::new(&node)?)
+        } else {
+            tracing::warn!(
+                "docker.firewall is off: sessions can reach this host's services and the \
+                 cloud metadata address"
+            );
+            None
+        };
+        let networks = Networks::new(self.docker.clone(), node, firewall);
+        networks.sweep().await?;
+        self.networks = Some(networks);
+        Ok(self)
+    }
+
+    /// On a shared network (`on_network`), allows sessions of several tenants, which can
+    /// then reach each other. Off by default: a start for a second tenant is refused.
+    pub fn mixed_tenants(mut self, allowed: bool) -> Self {
+        self.mixed_tenants = allowed;
+        self
+    }
+
+    /// Refuses a start for `tenant` on a shared network that runs another tenant's
+    /// sessions, unless mixed tenants are allowed.
+    async fn check_shared_network(&self, tenant: &str) -> Result<(), RuntimeError> {
+        let Some(network) = &self.network else {
+            return Ok(());
+        };
+        if self.mixed_tenants {
+            return Ok(());
+        }
+        let options = ListContainersOptions {
+            all: false,
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![match &self.node {
+                    Some(node) => format!("{LABEL_NODE}={node}"),
+                    None => LABEL_SESSION.to_owned(),
+                }],
+            )])),
+            ..Default::default()
+        };
+        let running = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| backend(format!("listing containers: {e}")))?;
+        let other = running.iter().find_map(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_TENANT))
+                .filter(|t| t.as_str() != tenant)
+        });
+        match other {
+            None => Ok(()),
+            Some(other) => Err(RuntimeError::WrongState(format!(
+                "this node runs sessions of tenant {other:?} on the shared network {network:?} \
+                 (docker.network), where tenants could reach each other; it takes no session \
+                 of tenant {tenant:?} unless started with --mixed-tenants"
+            ))),
+        }
+    }
+
+    /// Puts session containers on `network` (which must exist) instead of the default
+    /// bridge, and reaches their ports there.
+    pub async fn on_network(mut self, network: impl Into<String>) -> Result<Self, RuntimeError> {
+        let network = network.into();
+        match self
+            .docker
+            .inspect_network(
+                &network,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if status_of(&e) == Some(404) => {
+                return Err(backend(format!(
+                    "docker.network: no Docker network named {network:?} (create it, or attach \
+                     the agent's own network there)"
+                )));
+            }
+            Err(e) => {
+                return Err(backend(format!(
+                    "docker.network: inspecting network {network:?}: {e}"
+                )));
+            }
+        }
+        self.network = Some(network);
+        Ok(self)
     }
 
     /// Labels new containers with `node` and lists only containers so labelled, so that
@@ -165,6 +298,16 @@ impl DockerRuntime {
         &self.docker
     }
 
+    /// Removes session networks left without sessions; a failure is logged, and the next
+    /// sweep tries again.
+    async fn sweep_networks(&self) {
+        if let Some(networks) = &self.networks
+            && let Err(e) = networks.sweep().await
+        {
+            tracing::warn!(error = %e, "sweeping session networks");
+        }
+    }
+
     fn forget_address(&self, session_id: &str) {
         self.addresses
             .lock()
@@ -172,7 +315,30 @@ impl DockerRuntime {
             .remove(session_id);
     }
 
-    /// Fails with `ImageNotFound` unless the image is on this host. Never pulls.
+    /// Records the images this agent pulls, and when starts use them, under `state_dir`
+    /// (see `gc.rs`), so [`DockerRuntime::collect_images`] can remove them later.
+    pub fn recording_pulls(mut self, state_dir: &std::path::Path) -> Result<Self, RuntimeError> {
+        self.pulled = Some(gc::Pulled::load(state_dir)?);
+        Ok(self)
+    }
+
+    /// Pulls started since the agent started (a start that joined another's pull counts
+    /// no new one).
+    pub fn pulls_started(&self) -> u64 {
+        self.pulls.started()
+    }
+
+    /// Whether the engine holds `image`.
+    async fn holds(&self, image: &str) -> Result<bool, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(backend(format!("inspecting image {image:?}: {e}"))),
+        }
+    }
+
+    /// Fails with `ImageNotFound` unless the image is on this host. Never pulls (that is
+    /// [`Runtime::prepare_image`]'s).
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
         if image.is_empty() {
             return Err(RuntimeError::InvalidSpec {
@@ -495,12 +661,13 @@ fn workload_from_inspect(session_id: &str, info: &ContainerInspectResponse) -> W
     }
 }
 
-/// The container's IP: on its first network with an address (the default bridge for the
-/// containers we create).
-fn container_ip(info: &ContainerInspectResponse) -> Option<IpAddr> {
+/// The container's IP: on `network` (the one it was created on), else on its first
+/// network with an address, the default bridge first.
+fn container_ip(info: &ContainerInspectResponse, network: Option<&str>) -> Option<IpAddr> {
     let networks = info.network_settings.as_ref()?.networks.as_ref()?;
+    let preferred = network.unwrap_or("bridge");
     let mut names: Vec<&String> = networks.keys().collect();
-    names.sort_by_key(|name| (name.as_str() != "bridge", name.as_str()));
+    names.sort_by_key(|name| (name.as_str() != preferred, name.as_str()));
     names.into_iter().find_map(|name| {
         networks[name]
             .ip_address
@@ -516,6 +683,35 @@ impl Runtime for DockerRuntime {
         "docker"
     }
 
+    async fn prepare_image(
+        &self,
+        spec: &hearth_sdk::proto::v1::SessionSpec,
+        progress: tokio::sync::watch::Sender<PullProgress>,
+    ) -> Result<bool, RuntimeError> {
+        use hearth_sdk::proto::v1::PullPolicy;
+        let image = spec.image.as_str();
+        if image.is_empty() {
+            return Err(RuntimeError::InvalidSpec {
+                field: "image".into(),
+                reason: "must name a container image".into(),
+            });
+        }
+        let held = self.holds(image).await?;
+        let pull = match spec.pull_policy() {
+            PullPolicy::Never if !held => return Err(RuntimeError::NotPulled(image.to_owned())),
+            PullPolicy::Never => false,
+            PullPolicy::Always => !(held && pull::is_digest(image)),
+            PullPolicy::IfNotPresent | PullPolicy::Unspecified => !held,
+        };
+        if pull {
+            self.pulls.pull(&self.docker, image, &progress).await?;
+        }
+        if let Some(pulled) = &self.pulled {
+            pulled.used(image, pull);
+        }
+        Ok(pull)
+    }
+
     async fn start(&self, request: &StartRequest) -> Result<Workload, RuntimeError> {
         let session_id = request.session_id.as_str();
         let mut body = container_body(request, &self.limits)?;
@@ -523,6 +719,7 @@ impl Runtime for DockerRuntime {
             labels.insert(LABEL_NODE.to_string(), node.clone());
         }
         self.ensure_image(&request.spec.image).await?;
+        self.check_shared_network(&request.tenant).await?;
         self.remove(session_id).await?;
 
         let name = container_name(session_id);
@@ -530,6 +727,30 @@ impl Runtime for DockerRuntime {
             name: Some(name.clone()),
             ..Default::default()
         };
+        // The network is chosen and joined under the networks' lock, so a sweep cannot
+        // remove it in between.
+        let held = match &self.networks {
+            Some(networks) => Some((networks, networks.hold().await)),
+            None => None,
+        };
+        let network = match &held {
+            Some((networks, _)) => {
+                let policy = request.network.map_or(Policy::default(), |n| Policy {
+                    egress: n.egress,
+                    intra_tenant: n.intra_tenant,
+                });
+                Some(networks.ensure(&request.tenant, policy).await?)
+            }
+            None => self.network.clone(),
+        };
+        if let Some(network) = &network {
+            if let Some(host) = body.host_config.as_mut() {
+                host.network_mode = Some(network.clone());
+            }
+            if let Some(labels) = body.labels.as_mut() {
+                labels.insert(LABEL_NETWORK.to_string(), network.clone());
+            }
+        }
         let created = self
             .docker
             .create_container(Some(options), body)
@@ -538,7 +759,15 @@ impl Runtime for DockerRuntime {
                 // The image vanished between our check and the create.
                 Some(404) => RuntimeError::ImageNotFound(request.spec.image.clone()),
                 _ => map_error(e, session_id, "creating the container"),
-            })?;
+            });
+        drop(held);
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                self.sweep_networks().await;
+                return Err(e);
+            }
+        };
         for warning in &created.warnings {
             tracing::warn!(session = session_id, %warning, "docker create");
         }
@@ -567,6 +796,7 @@ impl Runtime for DockerRuntime {
                 if let Err(cleanup) = self.remove(session_id).await {
                     tracing::warn!(session = session_id, error = %cleanup, "removing a container that failed to start");
                 }
+                self.sweep_networks().await;
                 Err(e)
             }
         }
@@ -600,7 +830,9 @@ impl Runtime for DockerRuntime {
                 tracing::warn!(session = session_id, error = %e, "docker stop failed; removing by force");
             }
         }
-        self.remove(session_id).await
+        self.remove(session_id).await?;
+        self.sweep_networks().await;
+        Ok(())
     }
 
     async fn pause(&self, session_id: &str) -> Result<(), RuntimeError> {
@@ -758,7 +990,11 @@ impl Runtime for DockerRuntime {
                         port,
                     });
                 }
-                let ip = container_ip(&info).ok_or_else(|| {
+                let network = labels
+                    .and_then(|l| l.get(LABEL_NETWORK))
+                    .map(String::as_str)
+                    .or(self.network.as_deref());
+                let ip = container_ip(&info, network).ok_or_else(|| {
                     RuntimeError::WrongState(format!(
                         "session {session_id} has no network address (its container is not running)"
                     ))
@@ -885,6 +1121,7 @@ mod tests {
                 ..Default::default()
             },
             gpu_uuids: vec!["GPU-a".into(), "GPU-b".into()],
+            network: None,
         }
     }
 

@@ -135,6 +135,11 @@ struct Inner {
 pub struct ProcessRuntime {
     state_dir: PathBuf,
     inner: Arc<Mutex<Inner>>,
+    /// Whether sessions of several tenants may run here (`mixed_tenants`).
+    mixed_tenants: bool,
+    /// Held through a start's tenant check and spawn, so two tenants' starts cannot both
+    /// pass the check.
+    starting: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ProcessRuntime {
@@ -162,6 +167,8 @@ impl ProcessRuntime {
         Ok(Self {
             state_dir,
             inner: Arc::default(),
+            mixed_tenants: false,
+            starting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -172,6 +179,65 @@ impl ProcessRuntime {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every session's state file, sorted by session (unreadable ones are skipped).
+    fn read_states(&self) -> Result<Vec<ProcessState>, RuntimeError> {
+        let entries = std::fs::read_dir(&self.state_dir).map_err(|e| {
+            backend(format!(
+                "cannot read state_dir {}: {e}",
+                self.state_dir.display()
+            ))
+        })?;
+        let mut states = Vec::new();
+        for entry in entries {
+            let path = entry
+                .map_err(|e| backend(format!("cannot read state_dir: {e}")))?
+                .path();
+            let is_state = path.extension().is_some_and(|e| e == "json")
+                && path
+                    .file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'));
+            if !is_state {
+                continue;
+            }
+            match self.read_state_file(&path) {
+                Ok(Some(state)) => states.push(state),
+                Ok(None) => {} // removed meanwhile
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable state file"),
+            }
+        }
+        states.sort_by(|a, b| a.session.cmp(&b.session));
+        Ok(states)
+    }
+
+    /// Allows sessions of several tenants on this node, which the process runtime cannot
+    /// keep apart (they share the host's network, user and filesystem). Off by default:
+    /// a start for a second tenant is refused while the first has a live session.
+    pub fn mixed_tenants(mut self, allowed: bool) -> Self {
+        self.mixed_tenants = allowed;
+        self
+    }
+
+    /// Refuses `tenant` while a live session of another tenant runs here, unless mixed
+    /// tenants are allowed.
+    fn check_tenant(&self, session: &str, tenant: &str) -> Result<(), RuntimeError> {
+        if self.mixed_tenants {
+            return Ok(());
+        }
+        let other = self
+            .read_states()?
+            .into_iter()
+            .find(|s| s.session != session && s.tenant != tenant && s.alive());
+        match other {
+            None => Ok(()),
+            Some(other) => Err(RuntimeError::WrongState(format!(
+                "this node runs sessions of tenant {:?} on the process runtime, which keeps \
+                 tenants apart in nothing (network, user, files); it takes no session of \
+                 tenant {tenant:?} unless started with --mixed-tenants",
+                other.tenant
+            ))),
+        }
     }
 
     fn state_path(&self, session: &str) -> PathBuf {
@@ -351,6 +417,8 @@ impl Runtime for ProcessRuntime {
             }
         }
 
+        let _starting = self.starting.lock().await;
+        self.check_tenant(session, &request.tenant)?;
         // A leftover of this session (an older generation, a failed start) is replaced.
         self.stop(session, REPLACE_GRACE).await?;
 
@@ -623,31 +691,7 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn list(&self) -> Result<Vec<Workload>, RuntimeError> {
-        let entries = std::fs::read_dir(&self.state_dir).map_err(|e| {
-            backend(format!(
-                "cannot read state_dir {}: {e}",
-                self.state_dir.display()
-            ))
-        })?;
-        let mut states = Vec::new();
-        for entry in entries {
-            let path = entry
-                .map_err(|e| backend(format!("cannot read state_dir: {e}")))?
-                .path();
-            let is_state = path.extension().is_some_and(|e| e == "json")
-                && path
-                    .file_name()
-                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'));
-            if !is_state {
-                continue;
-            }
-            match self.read_state_file(&path) {
-                Ok(Some(state)) => states.push(state),
-                Ok(None) => {} // removed meanwhile
-                Err(e) => tracing::warn!(error = %e, "skipping an unreadable state file"),
-            }
-        }
-        states.sort_by(|a, b| a.session.cmp(&b.session));
+        let states = self.read_states()?;
         let mut workloads = Vec::with_capacity(states.len());
         for state in states {
             self.lock()

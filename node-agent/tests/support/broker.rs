@@ -146,6 +146,16 @@ impl NodeAgent for FakeBroker {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    type ConnectTurnsStream = ReceiverStream<Result<BrokerMessage, Status>>;
+
+    /// No turn links, as a broker of an older version: these tests script the main stream.
+    async fn connect_turns(
+        &self,
+        _: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectTurnsStream>, Status> {
+        Err(Status::unimplemented("the fake broker has no turn links"))
+    }
 }
 
 /// A standby: refuses every stream, naming `leader` in the `hearth-leader` metadata, and
@@ -170,6 +180,15 @@ impl NodeAgent for Standby {
             self.leader.parse().unwrap(),
         );
         Err(status)
+    }
+
+    type ConnectTurnsStream = ReceiverStream<Result<BrokerMessage, Status>>;
+
+    async fn connect_turns(
+        &self,
+        _: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectTurnsStream>, Status> {
+        Err(Status::unimplemented("the fake standby has no turn links"))
     }
 }
 

@@ -8,7 +8,8 @@
 //! `/echo`, `/incr` (a counter held in memory) and `/stream` (chunked server-sent events).
 //!
 //! The other subcommands are tools for `Exec` turns inside a `FROM scratch` image, where no
-//! shell exists: `echo`, `cat`, `stderr`, `exit`, `sleep`, `env`, `lines`.
+//! shell exists: `echo`, `cat`, `stderr`, `exit`, `sleep`, `env`, `lines`, and `connect`
+//! (can this session open a TCP connection there?).
 //!
 //! It depends on std only, so it links statically (`-C target-feature=+crt-static`).
 //!
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         "sleep" => tools::sleep(rest),
         "env" => tools::env(rest),
         "lines" => tools::lines(rest),
+        "connect" => tools::connect(rest),
         other => Err(format!("unknown subcommand {other:?}\n{}", tools::USAGE)),
     };
     match result {

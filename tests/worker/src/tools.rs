@@ -14,7 +14,10 @@ pub const USAGE: &str = "usage: hearth-test-worker [serve]
        hearth-test-worker exit N            exit with code N
        hearth-test-worker sleep SECS        sleep (fractions allowed)
        hearth-test-worker env NAME          print the variable's value (exit 1 if unset)
-       hearth-test-worker lines N DELAY_MS  print `line 1` .. `line N`, flushing each";
+       hearth-test-worker lines N DELAY_MS  print `line 1` .. `line N`, flushing each
+       hearth-test-worker connect ADDR MS   open a TCP connection to ADDR (host:port) within
+                                            MS milliseconds: prints `connected` (exit 0),
+                                            or `failed: <why>` (exit 1)";
 
 type Outcome = Result<ExitCode, String>;
 
@@ -103,4 +106,27 @@ pub fn lines(args: &[String]) -> Outcome {
         out.flush().map_err(io_error)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `connect ADDR MS`: whether a TCP connection to `ADDR` opens within `MS` milliseconds,
+/// from wherever the worker runs (a session's network namespace, for isolation tests).
+pub fn connect(args: &[String]) -> Outcome {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let target = arg(args, 0, "ADDR")?;
+    let timeout = Duration::from_millis(number(args, 1, "MS")?);
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| format!("ADDR {target:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("ADDR {target:?} resolves to nothing"))?;
+    match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(_) => {
+            println!("connected");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("failed: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }

@@ -14,13 +14,15 @@ workload::
 
 # Layout
 - ``client.py``: :class:`Client`, unary calls and their retries.
+- ``route.py``: which of the client's brokers it uses, and where it goes when that one
+  cannot be dialled or a standby names the leader.
 - ``session.py``: :class:`Session`, turns (Exec, Invoke), the keep-alive thread.
 - ``spec.py``: :func:`session_spec` and duration/timestamp conversions.
 - ``errors.py``: :class:`HearthError` and a subclass per common gRPC code.
 - ``v1/``: modules generated from ``proto/hearth/v1`` by ``scripts/gen-python.sh``.
 """
 
-from hearth.client import Client
+from hearth.client import Client, print_progress
 from hearth.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -50,6 +52,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "print_progress",
     "Session",
     "session_spec",
     "Output",

@@ -28,6 +28,19 @@ __all__ = [
 
 #: Response metadata in which a standby broker names the leader's URL.
 LEADER_METADATA_KEY = "hearth-leader"
+#: Response metadata a broker sets when it guarantees the call was not acted on (a
+#: standby; a turn whose node is not connected), so even a turn may be sent again.
+NOT_RUN_METADATA_KEY = "hearth-not-run"
+
+#: How gRPC words a call that failed because no connection could be made (the name did not
+#: resolve, every address refused or timed out, the TLS handshake failed). The call fails
+#: while the channel picks a connection, so it never left the client.
+_DIAL_FAILURES = (
+    "failed to connect to all addresses",
+    "errors resolving",
+    "DNS resolution failed",
+    "Name resolution failure",
+)
 
 
 class HearthError(Exception):
@@ -38,6 +51,10 @@ class HearthError(Exception):
         details: the broker's message, meant for a person to act on.
         method: the RPC that failed, such as ``"CreateSession"``.
         leader: the leader's URL when a standby broker refused the call, else ``None``.
+        unreachable: no connection to the broker could be made, so the call never left
+            the client.
+        not_run: the call certainly did not run: the broker said so, or it never left the
+            client (``unreachable``). Only then is a turn sent again.
     """
 
     def __init__(
@@ -47,11 +64,15 @@ class HearthError(Exception):
         *,
         method: str = "",
         leader: Optional[str] = None,
+        unreachable: bool = False,
+        not_run: bool = False,
     ) -> None:
         self.code = code
         self.details = details
         self.method = method
         self.leader = leader
+        self.unreachable = unreachable
+        self.not_run = not_run or unreachable
         prefix = f"{method}: " if method else ""
         super().__init__(f"{prefix}{code.name}: {details}")
 
@@ -120,9 +141,17 @@ def from_rpc_error(error: grpc.RpcError, method: str = "") -> HearthError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or str(error)
     leader = None
+    not_run = False
     if hasattr(error, "trailing_metadata"):
         for key, value in error.trailing_metadata() or ():
             if key == LEADER_METADATA_KEY:
                 leader = value if isinstance(value, str) else value.decode()
+            elif key == NOT_RUN_METADATA_KEY:
+                not_run = True
+    unreachable = code == grpc.StatusCode.UNAVAILABLE and any(
+        details.startswith(prefix) for prefix in _DIAL_FAILURES
+    )
     cls = _BY_CODE.get(code, HearthError)
-    return cls(code, details, method=method, leader=leader)
+    return cls(
+        code, details, method=method, leader=leader, unreachable=unreachable, not_run=not_run
+    )

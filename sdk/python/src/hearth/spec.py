@@ -14,6 +14,11 @@ __all__ = ["Seconds", "session_spec", "duration", "seconds", "timestamp"]
 #: A length of time: seconds as a number, or a ``timedelta``.
 Seconds = Union[int, float, timedelta]
 
+_PULL_POLICIES = {
+    "if-not-present": types_pb2.PULL_POLICY_IF_NOT_PRESENT,
+    "always": types_pb2.PULL_POLICY_ALWAYS,
+    "never": types_pb2.PULL_POLICY_NEVER,
+}
 _IDLE_ACTIONS = {
     "pause": types_pb2.IDLE_ACTION_PAUSE,
     "stop": types_pb2.IDLE_ACTION_STOP,
@@ -63,6 +68,7 @@ def session_spec(
     max_lifetime: Optional[Seconds] = None,
     cpu_millis: int = 0,
     memory_bytes: int = 0,
+    pull_policy: Optional[str] = None,
 ) -> types_pb2.SessionSpec:
     """Builds a ``hearth.v1.SessionSpec``.
 
@@ -82,6 +88,8 @@ def session_spec(
         max_lifetime: hard cap on the session's life.
         cpu_millis: CPU limit in thousandths of a core; 0 is the node's default.
         memory_bytes: memory limit; 0 is the node's default.
+        pull_policy: when the node pulls the image: ``"if-not-present"`` (the default),
+            ``"always"`` or ``"never"``.
 
     Give at most one of ``ready_tcp_port``, ``ready_http`` and ``ready_exec``.
     """
@@ -124,4 +132,11 @@ def session_spec(
             ) from None
     if max_lifetime is not None:
         spec.max_lifetime.CopyFrom(duration(max_lifetime))
+    if pull_policy is not None:
+        try:
+            spec.pull_policy = _PULL_POLICIES[pull_policy]
+        except KeyError:
+            raise ValueError(
+                f"pull_policy must be one of {sorted(_PULL_POLICIES)}, got {pull_policy!r}"
+            ) from None
     return spec

@@ -28,33 +28,47 @@ from hearth.v1 import sessions_pb2 as hearth_dot_v1_dot_sessions__pb2
 from hearth.v1 import types_pb2 as hearth_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hearth/v1/admin.proto\x12\thearth.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hearth/v1/sessions.proto\x1a\x15hearth/v1/types.proto\"8\n\x10ListNodesRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.hearth.v1.NodeState\"3\n\x11ListNodesResponse\x12\x1e\n\x05nodes\x18\x01 \x03(\x0b\x32\x0f.hearth.v1.Node\"\x1c\n\x0eGetNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1f\n\x11\x43ordonNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13UncordonNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"K\n\x10\x44rainNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"k\n\x18\x41\x64minListSessionsRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.hearth.v1.ListSessionsRequest\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"#\n\x12WatchEventsRequest\x12\r\n\x05kinds\x18\x01 \x03(\t\"\x17\n\x15GetClusterInfoRequest\"\x95\x02\n\x0b\x43lusterInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tbroker_id\x18\x02 \x01(\t\x12\x11\n\tis_leader\x18\x03 \x01(\x08\x12\x11\n\tleader_id\x18\x04 \x01(\t\x12\x16\n\x0eleader_address\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x03\x12\r\n\x05store\x18\x07 \x01(\t\x12\x13\n\x0bnodes_total\x18\x08 \x01(\r\x12\x13\n\x0bnodes_ready\x18\t \x01(\r\x12\x16\n\x0esessions_total\x18\n \x01(\r\x12\x12\n\ngpus_total\x18\x0b \x01(\r\x12\x30\n\x0cleader_since\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xa3\x04\n\x05\x41\x64min\x12\x46\n\tListNodes\x12\x1b.hearth.v1.ListNodesRequest\x1a\x1c.hearth.v1.ListNodesResponse\x12\x35\n\x07GetNode\x12\x19.hearth.v1.GetNodeRequest\x1a\x0f.hearth.v1.Node\x12;\n\nCordonNode\x12\x1c.hearth.v1.CordonNodeRequest\x1a\x0f.hearth.v1.Node\x12?\n\x0cUncordonNode\x12\x1e.hearth.v1.UncordonNodeRequest\x1a\x0f.hearth.v1.Node\x12\x39\n\tDrainNode\x12\x1b.hearth.v1.DrainNodeRequest\x1a\x0f.hearth.v1.Node\x12T\n\x0cListSessions\x12#.hearth.v1.AdminListSessionsRequest\x1a\x1f.hearth.v1.ListSessionsResponse\x12@\n\x0bWatchEvents\x12\x1d.hearth.v1.WatchEventsRequest\x1a\x10.hearth.v1.Event0\x01\x12J\n\x0eGetClusterInfo\x12 .hearth.v1.GetClusterInfoRequest\x1a\x16.hearth.v1.ClusterInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hearth/v1/admin.proto\x12\thearth.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18hearth/v1/sessions.proto\x1a\x15hearth/v1/types.proto\"\xb6\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12&\n\x06source\x18\x04 \x01(\x0e\x32\x16.hearth.v1.TokenSource\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"G\n\x12\x43reateTokenRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"H\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.hearth.v1.TokenInfo\"#\n\x11ListTokensRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.hearth.v1.TokenInfo\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x10ListNodesRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.hearth.v1.NodeState\"3\n\x11ListNodesResponse\x12\x1e\n\x05nodes\x18\x01 \x03(\x0b\x32\x0f.hearth.v1.Node\"\x1c\n\x0eGetNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1f\n\x11\x43ordonNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"!\n\x13UncordonNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"K\n\x10\x44rainNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"k\n\x18\x41\x64minListSessionsRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.hearth.v1.ListSessionsRequest\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"#\n\x12WatchEventsRequest\x12\r\n\x05kinds\x18\x01 \x03(\t\"\x17\n\x15GetClusterInfoRequest\"\x95\x02\n\x0b\x43lusterInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tbroker_id\x18\x02 \x01(\t\x12\x11\n\tis_leader\x18\x03 \x01(\x08\x12\x11\n\tleader_id\x18\x04 \x01(\t\x12\x16\n\x0eleader_address\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x03\x12\r\n\x05store\x18\x07 \x01(\t\x12\x13\n\x0bnodes_total\x18\x08 \x01(\r\x12\x13\n\x0bnodes_ready\x18\t \x01(\r\x12\x16\n\x0esessions_total\x18\n \x01(\r\x12\x12\n\ngpus_total\x18\x0b \x01(\r\x12\x30\n\x0cleader_since\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\\\n\x0bTokenSource\x12\x1c\n\x18TOKEN_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12TOKEN_SOURCE_STORE\x10\x01\x12\x17\n\x13TOKEN_SOURCE_CONFIG\x10\x02\x32\x80\x06\n\x05\x41\x64min\x12\x46\n\tListNodes\x12\x1b.hearth.v1.ListNodesRequest\x1a\x1c.hearth.v1.ListNodesResponse\x12\x35\n\x07GetNode\x12\x19.hearth.v1.GetNodeRequest\x1a\x0f.hearth.v1.Node\x12;\n\nCordonNode\x12\x1c.hearth.v1.CordonNodeRequest\x1a\x0f.hearth.v1.Node\x12?\n\x0cUncordonNode\x12\x1e.hearth.v1.UncordonNodeRequest\x1a\x0f.hearth.v1.Node\x12\x39\n\tDrainNode\x12\x1b.hearth.v1.DrainNodeRequest\x1a\x0f.hearth.v1.Node\x12T\n\x0cListSessions\x12#.hearth.v1.AdminListSessionsRequest\x1a\x1f.hearth.v1.ListSessionsResponse\x12@\n\x0bWatchEvents\x12\x1d.hearth.v1.WatchEventsRequest\x1a\x10.hearth.v1.Event0\x01\x12J\n\x0eGetClusterInfo\x12 .hearth.v1.GetClusterInfoRequest\x1a\x16.hearth.v1.ClusterInfo\x12L\n\x0b\x43reateToken\x12\x1d.hearth.v1.CreateTokenRequest\x1a\x1e.hearth.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.hearth.v1.ListTokensRequest\x1a\x1d.hearth.v1.ListTokensResponse\x12\x42\n\x0bRevokeToken\x12\x1d.hearth.v1.RevokeTokenRequest\x1a\x14.hearth.v1.TokenInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hearth.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTNODESREQUEST']._serialized_start=150
-  _globals['_LISTNODESREQUEST']._serialized_end=206
-  _globals['_LISTNODESRESPONSE']._serialized_start=208
-  _globals['_LISTNODESRESPONSE']._serialized_end=259
-  _globals['_GETNODEREQUEST']._serialized_start=261
-  _globals['_GETNODEREQUEST']._serialized_end=289
-  _globals['_CORDONNODEREQUEST']._serialized_start=291
-  _globals['_CORDONNODEREQUEST']._serialized_end=322
-  _globals['_UNCORDONNODEREQUEST']._serialized_start=324
-  _globals['_UNCORDONNODEREQUEST']._serialized_end=357
-  _globals['_DRAINNODEREQUEST']._serialized_start=359
-  _globals['_DRAINNODEREQUEST']._serialized_end=434
-  _globals['_ADMINLISTSESSIONSREQUEST']._serialized_start=436
-  _globals['_ADMINLISTSESSIONSREQUEST']._serialized_end=543
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=545
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=580
-  _globals['_GETCLUSTERINFOREQUEST']._serialized_start=582
-  _globals['_GETCLUSTERINFOREQUEST']._serialized_end=605
-  _globals['_CLUSTERINFO']._serialized_start=608
-  _globals['_CLUSTERINFO']._serialized_end=885
-  _globals['_ADMIN']._serialized_start=888
-  _globals['_ADMIN']._serialized_end=1435
+  _globals['_TOKENSOURCE']._serialized_start=1350
+  _globals['_TOKENSOURCE']._serialized_end=1442
+  _globals['_TOKENINFO']._serialized_start=151
+  _globals['_TOKENINFO']._serialized_end=333
+  _globals['_CREATETOKENREQUEST']._serialized_start=335
+  _globals['_CREATETOKENREQUEST']._serialized_end=406
+  _globals['_CREATETOKENRESPONSE']._serialized_start=408
+  _globals['_CREATETOKENRESPONSE']._serialized_end=480
+  _globals['_LISTTOKENSREQUEST']._serialized_start=482
+  _globals['_LISTTOKENSREQUEST']._serialized_end=517
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=519
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=577
+  _globals['_REVOKETOKENREQUEST']._serialized_start=579
+  _globals['_REVOKETOKENREQUEST']._serialized_end=611
+  _globals['_LISTNODESREQUEST']._serialized_start=613
+  _globals['_LISTNODESREQUEST']._serialized_end=669
+  _globals['_LISTNODESRESPONSE']._serialized_start=671
+  _globals['_LISTNODESRESPONSE']._serialized_end=722
+  _globals['_GETNODEREQUEST']._serialized_start=724
+  _globals['_GETNODEREQUEST']._serialized_end=752
+  _globals['_CORDONNODEREQUEST']._serialized_start=754
+  _globals['_CORDONNODEREQUEST']._serialized_end=785
+  _globals['_UNCORDONNODEREQUEST']._serialized_start=787
+  _globals['_UNCORDONNODEREQUEST']._serialized_end=820
+  _globals['_DRAINNODEREQUEST']._serialized_start=822
+  _globals['_DRAINNODEREQUEST']._serialized_end=897
+  _globals['_ADMINLISTSESSIONSREQUEST']._serialized_start=899
+  _globals['_ADMINLISTSESSIONSREQUEST']._serialized_end=1006
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1008
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1043
+  _globals['_GETCLUSTERINFOREQUEST']._serialized_start=1045
+  _globals['_GETCLUSTERINFOREQUEST']._serialized_end=1068
+  _globals['_CLUSTERINFO']._serialized_start=1071
+  _globals['_CLUSTERINFO']._serialized_end=1348
+  _globals['_ADMIN']._serialized_start=1445
+  _globals['_ADMIN']._serialized_end=2213
 # @@protoc_insertion_point(module_scope)

@@ -77,6 +77,21 @@ class AdminStub:
                 request_serializer=hearth_dot_v1_dot_admin__pb2.GetClusterInfoRequest.SerializeToString,
                 response_deserializer=hearth_dot_v1_dot_admin__pb2.ClusterInfo.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/hearth.v1.Admin/CreateToken',
+                request_serializer=hearth_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=hearth_dot_v1_dot_admin__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/hearth.v1.Admin/ListTokens',
+                request_serializer=hearth_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=hearth_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/hearth.v1.Admin/RevokeToken',
+                request_serializer=hearth_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=hearth_dot_v1_dot_admin__pb2.TokenInfo.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -139,6 +154,31 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Makes a client token for a tenant. The token is in this answer and nowhere else:
+        the store keeps only its SHA-256. Every broker accepts it within a second, with no
+        restart. Needs authentication on (at least one token in the broker's config).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Lists the tokens brokers accept: those made with CreateToken and those in the
+        brokers' config. Never a token or its hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revokes a token made with CreateToken; every broker refuses it within a second.
+        Tokens from a config file are removed there (FAILED_PRECONDITION says so).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +221,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetClusterInfo,
                     request_deserializer=hearth_dot_v1_dot_admin__pb2.GetClusterInfoRequest.FromString,
                     response_serializer=hearth_dot_v1_dot_admin__pb2.ClusterInfo.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=hearth_dot_v1_dot_admin__pb2.CreateTokenRequest.FromString,
+                    response_serializer=hearth_dot_v1_dot_admin__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=hearth_dot_v1_dot_admin__pb2.ListTokensRequest.FromString,
+                    response_serializer=hearth_dot_v1_dot_admin__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=hearth_dot_v1_dot_admin__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=hearth_dot_v1_dot_admin__pb2.TokenInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +455,87 @@ class Admin:
             '/hearth.v1.Admin/GetClusterInfo',
             hearth_dot_v1_dot_admin__pb2.GetClusterInfoRequest.SerializeToString,
             hearth_dot_v1_dot_admin__pb2.ClusterInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.v1.Admin/CreateToken',
+            hearth_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+            hearth_dot_v1_dot_admin__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.v1.Admin/ListTokens',
+            hearth_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+            hearth_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.v1.Admin/RevokeToken',
+            hearth_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
+            hearth_dot_v1_dot_admin__pb2.TokenInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,20 +12,44 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "telemetry", "session_status", "exec_output", "invoke_chunk", "reply")
+    __slots__ = ("hello", "telemetry", "session_status", "exec_output", "invoke_chunk", "reply", "pull_progress")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     SESSION_STATUS_FIELD_NUMBER: _ClassVar[int]
     EXEC_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     INVOKE_CHUNK_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
+    PULL_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     telemetry: _types_pb2.NodeTelemetry
     session_status: SessionStatus
     exec_output: ExecOutput
     invoke_chunk: InvokeChunk
     reply: Reply
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., telemetry: _Optional[_Union[_types_pb2.NodeTelemetry, _Mapping]] = ..., session_status: _Optional[_Union[SessionStatus, _Mapping]] = ..., exec_output: _Optional[_Union[ExecOutput, _Mapping]] = ..., invoke_chunk: _Optional[_Union[InvokeChunk, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ...) -> None: ...
+    pull_progress: PullProgress
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., telemetry: _Optional[_Union[_types_pb2.NodeTelemetry, _Mapping]] = ..., session_status: _Optional[_Union[SessionStatus, _Mapping]] = ..., exec_output: _Optional[_Union[ExecOutput, _Mapping]] = ..., invoke_chunk: _Optional[_Union[InvokeChunk, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., pull_progress: _Optional[_Union[PullProgress, _Mapping]] = ...) -> None: ...
+
+class PullProgress(_message.Message):
+    __slots__ = ("command_id", "session_id", "generation", "image", "done_bytes", "total_bytes", "layers_done", "layers_total", "done")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_DONE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    session_id: str
+    generation: int
+    image: str
+    done_bytes: int
+    total_bytes: int
+    layers_done: int
+    layers_total: int
+    done: bool
+    def __init__(self, command_id: _Optional[str] = ..., session_id: _Optional[str] = ..., generation: _Optional[int] = ..., image: _Optional[str] = ..., done_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("node_id", "incarnation", "version", "labels", "taints", "gpus", "gpu_source", "capacity", "runtime", "sessions", "highest_epoch")
@@ -73,18 +97,22 @@ class RunningSession(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., generation: _Optional[int] = ..., container_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.SessionState, str]] = ...) -> None: ...
 
 class SessionStatus(_message.Message):
-    __slots__ = ("session_id", "generation", "state", "reason", "container_id")
+    __slots__ = ("session_id", "generation", "state", "reason", "container_id", "pull_ms", "warmup_ms")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    PULL_MS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_MS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     generation: int
     state: _types_pb2.SessionState
     reason: str
     container_id: str
-    def __init__(self, session_id: _Optional[str] = ..., generation: _Optional[int] = ..., state: _Optional[_Union[_types_pb2.SessionState, str]] = ..., reason: _Optional[str] = ..., container_id: _Optional[str] = ...) -> None: ...
+    pull_ms: int
+    warmup_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., generation: _Optional[int] = ..., state: _Optional[_Union[_types_pb2.SessionState, str]] = ..., reason: _Optional[str] = ..., container_id: _Optional[str] = ..., pull_ms: _Optional[int] = ..., warmup_ms: _Optional[int] = ...) -> None: ...
 
 class ExecOutput(_message.Message):
     __slots__ = ("turn_id", "response")
@@ -165,16 +193,26 @@ class CommandMeta(_message.Message):
     def __init__(self, command_id: _Optional[str] = ..., epoch: _Optional[int] = ..., session_id: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class StartSessionCommand(_message.Message):
-    __slots__ = ("meta", "spec", "gpu_uuids", "tenant")
+    __slots__ = ("meta", "spec", "gpu_uuids", "tenant", "network")
     META_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     GPU_UUIDS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     meta: CommandMeta
     spec: _types_pb2.SessionSpec
     gpu_uuids: _containers.RepeatedScalarFieldContainer[str]
     tenant: str
-    def __init__(self, meta: _Optional[_Union[CommandMeta, _Mapping]] = ..., spec: _Optional[_Union[_types_pb2.SessionSpec, _Mapping]] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    network: SessionNetwork
+    def __init__(self, meta: _Optional[_Union[CommandMeta, _Mapping]] = ..., spec: _Optional[_Union[_types_pb2.SessionSpec, _Mapping]] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., tenant: _Optional[str] = ..., network: _Optional[_Union[SessionNetwork, _Mapping]] = ...) -> None: ...
+
+class SessionNetwork(_message.Message):
+    __slots__ = ("egress", "intra_tenant")
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    INTRA_TENANT_FIELD_NUMBER: _ClassVar[int]
+    egress: bool
+    intra_tenant: bool
+    def __init__(self, egress: _Optional[bool] = ..., intra_tenant: _Optional[bool] = ...) -> None: ...
 
 class StopSessionCommand(_message.Message):
     __slots__ = ("meta", "grace")

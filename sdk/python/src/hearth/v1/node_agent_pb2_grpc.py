@@ -42,6 +42,11 @@ class NodeAgentStub:
                 request_serializer=hearth_dot_v1_dot_node__agent__pb2.AgentMessage.SerializeToString,
                 response_deserializer=hearth_dot_v1_dot_node__agent__pb2.BrokerMessage.FromString,
                 _registered_method=True)
+        self.ConnectTurns = channel.stream_stream(
+                '/hearth.v1.NodeAgent/ConnectTurns',
+                request_serializer=hearth_dot_v1_dot_node__agent__pb2.AgentMessage.SerializeToString,
+                response_deserializer=hearth_dot_v1_dot_node__agent__pb2.BrokerMessage.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -58,11 +63,30 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConnectTurns(self, request_iterator, context):
+        """A turn link: a second stream from a node agent, to every broker it knows, leader and
+        standbys alike, that carries turns only (Exec, Invoke, CancelTurn, and their output
+        and replies). The first message is a Hello naming the node (its inventory is not
+        read); the broker answers Welcome. A broker routes a turn of a READY session through
+        it when it has no `Connect` stream to the session's node: a standby while the leader
+        is unreachable, and a new leader before the agents' streams have reached it. So turns
+        on READY sessions go on through an election. Lifecycle commands never travel on it:
+        they stay with the fenced leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
+                    request_deserializer=hearth_dot_v1_dot_node__agent__pb2.AgentMessage.FromString,
+                    response_serializer=hearth_dot_v1_dot_node__agent__pb2.BrokerMessage.SerializeToString,
+            ),
+            'ConnectTurns': grpc.stream_stream_rpc_method_handler(
+                    servicer.ConnectTurns,
                     request_deserializer=hearth_dot_v1_dot_node__agent__pb2.AgentMessage.FromString,
                     response_serializer=hearth_dot_v1_dot_node__agent__pb2.BrokerMessage.SerializeToString,
             ),
@@ -95,6 +119,33 @@ class NodeAgent:
             request_iterator,
             target,
             '/hearth.v1.NodeAgent/Connect',
+            hearth_dot_v1_dot_node__agent__pb2.AgentMessage.SerializeToString,
+            hearth_dot_v1_dot_node__agent__pb2.BrokerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConnectTurns(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hearth.v1.NodeAgent/ConnectTurns',
             hearth_dot_v1_dot_node__agent__pb2.AgentMessage.SerializeToString,
             hearth_dot_v1_dot_node__agent__pb2.BrokerMessage.FromString,
             options,

@@ -31,11 +31,30 @@ class IdleAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IDLE_ACTION_STOP: _ClassVar[IdleAction]
     IDLE_ACTION_KEEP: _ClassVar[IdleAction]
 
+class PullPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PULL_POLICY_UNSPECIFIED: _ClassVar[PullPolicy]
+    PULL_POLICY_IF_NOT_PRESENT: _ClassVar[PullPolicy]
+    PULL_POLICY_ALWAYS: _ClassVar[PullPolicy]
+    PULL_POLICY_NEVER: _ClassVar[PullPolicy]
+
 class PlacementStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PLACEMENT_STRATEGY_UNSPECIFIED: _ClassVar[PlacementStrategy]
     PLACEMENT_STRATEGY_BINPACK: _ClassVar[PlacementStrategy]
     PLACEMENT_STRATEGY_SPREAD: _ClassVar[PlacementStrategy]
+
+class Egress(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EGRESS_UNSPECIFIED: _ClassVar[Egress]
+    EGRESS_ALLOW: _ClassVar[Egress]
+    EGRESS_DENY: _ClassVar[Egress]
+
+class RestartMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESTART_MODE_UNSPECIFIED: _ClassVar[RestartMode]
+    RESTART_MODE_NEVER: _ClassVar[RestartMode]
+    RESTART_MODE_ON_FAILURE: _ClassVar[RestartMode]
 
 class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -65,9 +84,19 @@ IDLE_ACTION_UNSPECIFIED: IdleAction
 IDLE_ACTION_PAUSE: IdleAction
 IDLE_ACTION_STOP: IdleAction
 IDLE_ACTION_KEEP: IdleAction
+PULL_POLICY_UNSPECIFIED: PullPolicy
+PULL_POLICY_IF_NOT_PRESENT: PullPolicy
+PULL_POLICY_ALWAYS: PullPolicy
+PULL_POLICY_NEVER: PullPolicy
 PLACEMENT_STRATEGY_UNSPECIFIED: PlacementStrategy
 PLACEMENT_STRATEGY_BINPACK: PlacementStrategy
 PLACEMENT_STRATEGY_SPREAD: PlacementStrategy
+EGRESS_UNSPECIFIED: Egress
+EGRESS_ALLOW: Egress
+EGRESS_DENY: Egress
+RESTART_MODE_UNSPECIFIED: RestartMode
+RESTART_MODE_NEVER: RestartMode
+RESTART_MODE_ON_FAILURE: RestartMode
 NODE_STATE_UNSPECIFIED: NodeState
 NODE_STATE_READY: NodeState
 NODE_STATE_SUSPECT: NodeState
@@ -157,8 +186,22 @@ class SecuritySpec(_message.Message):
     add_capabilities: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, add_capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class NetworkSpec(_message.Message):
+    __slots__ = ("egress",)
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    egress: Egress
+    def __init__(self, egress: _Optional[_Union[Egress, str]] = ...) -> None: ...
+
+class RestartPolicy(_message.Message):
+    __slots__ = ("mode", "max_restarts")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    mode: RestartMode
+    max_restarts: int
+    def __init__(self, mode: _Optional[_Union[RestartMode, str]] = ..., max_restarts: _Optional[int] = ...) -> None: ...
+
 class SessionSpec(_message.Message):
-    __slots__ = ("image", "command", "env", "gpus", "resources", "ports", "readiness", "idle_timeout", "idle_action", "max_lifetime", "placement", "security")
+    __slots__ = ("image", "command", "env", "gpus", "resources", "ports", "readiness", "idle_timeout", "idle_action", "max_lifetime", "placement", "security", "network", "restart", "pull_policy")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +221,9 @@ class SessionSpec(_message.Message):
     MAX_LIFETIME_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     SECURITY_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
+    PULL_POLICY_FIELD_NUMBER: _ClassVar[int]
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
@@ -190,10 +236,13 @@ class SessionSpec(_message.Message):
     max_lifetime: _duration_pb2.Duration
     placement: PlacementSpec
     security: SecuritySpec
-    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., gpus: _Optional[_Union[GpuRequest, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortSpec, _Mapping]]] = ..., readiness: _Optional[_Union[ReadinessProbe, _Mapping]] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_action: _Optional[_Union[IdleAction, str]] = ..., max_lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., placement: _Optional[_Union[PlacementSpec, _Mapping]] = ..., security: _Optional[_Union[SecuritySpec, _Mapping]] = ...) -> None: ...
+    network: NetworkSpec
+    restart: RestartPolicy
+    pull_policy: PullPolicy
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., gpus: _Optional[_Union[GpuRequest, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortSpec, _Mapping]]] = ..., readiness: _Optional[_Union[ReadinessProbe, _Mapping]] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_action: _Optional[_Union[IdleAction, str]] = ..., max_lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., placement: _Optional[_Union[PlacementSpec, _Mapping]] = ..., security: _Optional[_Union[SecuritySpec, _Mapping]] = ..., network: _Optional[_Union[NetworkSpec, _Mapping]] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("id", "tenant", "spec", "labels", "template", "state", "state_reason", "node_id", "gpu_uuids", "container_id", "generation", "created_at", "ready_at", "last_activity_at", "expires_at", "max_deadline", "turns_served", "cold_starts")
+    __slots__ = ("id", "tenant", "spec", "labels", "template", "state", "state_reason", "node_id", "gpu_uuids", "container_id", "generation", "created_at", "ready_at", "last_activity_at", "expires_at", "max_deadline", "turns_served", "cold_starts", "restarts", "pull_ms", "warmup_ms")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +268,9 @@ class Session(_message.Message):
     MAX_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     TURNS_SERVED_FIELD_NUMBER: _ClassVar[int]
     COLD_STARTS_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    PULL_MS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_MS_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant: str
     spec: SessionSpec
@@ -237,7 +289,10 @@ class Session(_message.Message):
     max_deadline: _timestamp_pb2.Timestamp
     turns_served: int
     cold_starts: int
-    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., spec: _Optional[_Union[SessionSpec, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., template: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., state_reason: _Optional[str] = ..., node_id: _Optional[str] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., container_id: _Optional[str] = ..., generation: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., turns_served: _Optional[int] = ..., cold_starts: _Optional[int] = ...) -> None: ...
+    restarts: int
+    pull_ms: int
+    warmup_ms: int
+    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., spec: _Optional[_Union[SessionSpec, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., template: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., state_reason: _Optional[str] = ..., node_id: _Optional[str] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., container_id: _Optional[str] = ..., generation: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., turns_served: _Optional[int] = ..., cold_starts: _Optional[int] = ..., restarts: _Optional[int] = ..., pull_ms: _Optional[int] = ..., warmup_ms: _Optional[int] = ...) -> None: ...
 
 class SessionEvent(_message.Message):
     __slots__ = ("session_id", "time", "state", "message")
@@ -334,7 +389,7 @@ class NodeCapacity(_message.Message):
     def __init__(self, cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "state", "schedulable", "draining", "labels", "taints", "gpus", "gpu_source", "capacity", "agent_version", "incarnation", "runtime", "connected_at", "last_seen_at", "telemetry", "telemetry_received_at", "session_ids", "state_changed_at")
+    __slots__ = ("id", "state", "schedulable", "draining", "labels", "taints", "gpus", "gpu_source", "capacity", "agent_version", "incarnation", "runtime", "connected_at", "last_seen_at", "telemetry", "telemetry_received_at", "session_ids", "state_changed_at", "drain_deadline", "excluded_gpus")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -360,6 +415,8 @@ class Node(_message.Message):
     TELEMETRY_RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
     SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_GPUS_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: NodeState
     schedulable: bool
@@ -378,7 +435,19 @@ class Node(_message.Message):
     telemetry_received_at: _timestamp_pb2.Timestamp
     session_ids: _containers.RepeatedScalarFieldContainer[str]
     state_changed_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., schedulable: _Optional[bool] = ..., draining: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., gpu_source: _Optional[_Union[GpuSource, str]] = ..., capacity: _Optional[_Union[NodeCapacity, _Mapping]] = ..., agent_version: _Optional[str] = ..., incarnation: _Optional[str] = ..., runtime: _Optional[str] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., telemetry: _Optional[_Union[NodeTelemetry, _Mapping]] = ..., telemetry_received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_ids: _Optional[_Iterable[str]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    drain_deadline: _timestamp_pb2.Timestamp
+    excluded_gpus: _containers.RepeatedCompositeFieldContainer[GpuExclusion]
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., schedulable: _Optional[bool] = ..., draining: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., gpu_source: _Optional[_Union[GpuSource, str]] = ..., capacity: _Optional[_Union[NodeCapacity, _Mapping]] = ..., agent_version: _Optional[str] = ..., incarnation: _Optional[str] = ..., runtime: _Optional[str] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., telemetry: _Optional[_Union[NodeTelemetry, _Mapping]] = ..., telemetry_received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_ids: _Optional[_Iterable[str]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drain_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., excluded_gpus: _Optional[_Iterable[_Union[GpuExclusion, _Mapping]]] = ...) -> None: ...
+
+class GpuExclusion(_message.Message):
+    __slots__ = ("uuid", "xid", "at")
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    XID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    xid: int
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, uuid: _Optional[str] = ..., xid: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("seq", "time", "kind", "node_id", "session_id", "message")
