@@ -10,7 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says how far into the run it starts, so a slow run shows where its time went.
+step() { printf '\n==> [%4ds] %s\n' "$SECONDS" "$*"; }
+
+# A clean run (CI) gains nothing from incremental compilation: it only writes more.
+if [[ -n ${CI:-} ]]; then export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}; fi
 
 # Debian packages for the commands that are missing, with one apt-get update.
 packages=()
@@ -67,3 +71,5 @@ cargo test --workspace --no-fail-fast
 
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+step "done"
