@@ -89,6 +89,8 @@ pub struct Cluster {
     /// Client tokens: the config file's, and the store's as [`crate::tokens::follow`]
     /// keeps them.
     pub tokens: Arc<crate::auth::Tokens>,
+    /// The key that seals registry credentials in the store, if configured.
+    pub credentials: crate::credentials::Credentials,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
     role: watch::Sender<Role>,
@@ -101,6 +103,7 @@ impl Cluster {
         advertise_url: String,
         store: Arc<dyn Store>,
         tokens: Arc<crate::auth::Tokens>,
+        credentials: crate::credentials::Credentials,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
@@ -114,6 +117,7 @@ impl Cluster {
         Self {
             quotas: crate::quota::Quotas::new(config.quota.clone()),
             tokens,
+            credentials,
             broker_id: config.broker_id(),
             advertise_url,
             config,

@@ -48,6 +48,9 @@ pub struct Config {
     pub quota: crate::quota::QuotaConfig,
     /// Per-tenant network policy (`[network]`): egress, and sessions reaching each other.
     pub network: crate::network::NetworkConfig,
+    /// The key that seals tenants' registry credentials in the store
+    /// (`[registry_credentials]`); unset: credentials cannot be stored.
+    pub registry_credentials: crate::credentials::CredentialsConfig,
 }
 
 /// Placement settings (DESIGN section 6).
@@ -122,6 +125,7 @@ impl Default for Config {
             auth: Default::default(),
             quota: Default::default(),
             network: Default::default(),
+            registry_credentials: Default::default(),
         }
     }
 }
@@ -391,6 +395,10 @@ pub struct Args {
     /// tokens are unencrypted and agents unauthenticated.
     #[arg(long, env = "HEARTH_INSECURE_LISTEN")]
     pub insecure_listen: bool,
+    /// File with the key that seals registry credentials in the store: 32 random bytes
+    /// in base64 (head -c 32 /dev/urandom | base64). The same on every broker.
+    #[arg(long, env = "HEARTH_CREDENTIALS_KEY_FILE", value_name = "FILE")]
+    pub credentials_key_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -433,6 +441,9 @@ impl Args {
             c.tls.client_ca = self.tls_client_ca;
         }
         c.insecure_listen |= self.insecure_listen;
+        if self.credentials_key_file.is_some() {
+            c.registry_credentials.key_file = self.credentials_key_file;
+        }
     }
 }
 

@@ -22,6 +22,8 @@ pub const MAX_GPUS_PER_NODE: usize = 64;
 pub const MAX_LABELS: usize = 64;
 /// Longest label key or value.
 pub const MAX_LABEL_LEN: usize = 253;
+/// Most image references one node may report (tags and digests together).
+pub const MAX_NODE_IMAGES: usize = 4096;
 
 /// A `Hello` that passed validation.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +50,8 @@ pub struct CheckedHello {
     pub highest_epoch: i64,
     /// Session workloads running on the node.
     pub sessions: Vec<hearth_sdk::proto::v1::RunningSession>,
+    /// Images the node holds, by canonical reference.
+    pub images: HashSet<String>,
 }
 
 /// Checks a node id: 1-253 characters of letters, digits, '.', '-' and '_'.
@@ -168,7 +172,9 @@ pub fn hello(h: Hello) -> Result<CheckedHello> {
             format!("must be 1-{MAX_LABEL_LEN} characters"),
         ));
     }
+    let images = node_images("hello.images", &h.images)?;
     Ok(CheckedHello {
+        images,
         labels: labels("hello.labels", &h.labels)?,
         node_id: h.node_id,
         incarnation: h.incarnation,
@@ -181,6 +187,30 @@ pub fn hello(h: Hello) -> Result<CheckedHello> {
         highest_epoch: h.highest_epoch,
         sessions: h.sessions,
     })
+}
+
+/// Checks the images a node reports and spells each in full
+/// ([`hearth_sdk::image::canonical`]), so that placement compares like with like.
+pub fn node_images(field: &str, images: &[String]) -> Result<HashSet<String>> {
+    if images.len() > MAX_NODE_IMAGES {
+        return Err(Error::invalid(
+            field,
+            format!("has {} entries; at most {MAX_NODE_IMAGES}", images.len()),
+        ));
+    }
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            if image.is_empty() || image.len() > MAX_IMAGE_LEN {
+                return Err(Error::invalid(
+                    format!("{field}[{i}]"),
+                    format!("must be 1-{MAX_IMAGE_LEN} characters"),
+                ));
+            }
+            Ok(hearth_sdk::image::canonical(image))
+        })
+        .collect()
 }
 
 impl CheckedHello {
@@ -258,6 +288,22 @@ mod tests {
     }
 
     #[test]
+    fn a_nodes_images_are_spelled_in_full() {
+        let mut h = good();
+        h.images = vec!["busybox:latest".into(), "127.0.0.1:5000/w@sha256:ab".into()];
+        let checked = hello(h).unwrap();
+        let mut images: Vec<_> = checked.images.into_iter().collect();
+        images.sort();
+        assert_eq!(
+            images,
+            [
+                "127.0.0.1:5000/w@sha256:ab",
+                "docker.io/library/busybox:latest"
+            ]
+        );
+    }
+
+    #[test]
     fn bad_hellos_name_the_field() {
         type Breaker = fn(&mut Hello);
         let cases: Vec<(Breaker, &str)> = vec![
@@ -285,6 +331,18 @@ mod tests {
                 "hello.labels",
             ),
             (|h| h.taints = vec![String::new()], "hello.taints[0]"),
+            (
+                |h| h.images = vec!["busybox:1".into(), String::new()],
+                "hello.images[1]",
+            ),
+            (
+                |h| h.images = vec!["m".repeat(MAX_IMAGE_LEN + 1)],
+                "hello.images[0]",
+            ),
+            (
+                |h| h.images = vec!["busybox".into(); MAX_NODE_IMAGES + 1],
+                "hello.images",
+            ),
         ];
         for (break_it, field) in cases {
             let mut h = good();

@@ -27,6 +27,8 @@
 //! - `auth.rs`: bearer tokens → tenant and role; the interceptor on the client services.
 //! - `tokens.rs`: tokens made through `Admin` and kept in the store; every broker follows
 //!   them with a watch.
+//! - `credentials.rs`: registry credentials per tenant, sealed in the store, sent only
+//!   in the start command that pulls with them.
 //! - `quota.rs`: per-tenant session and GPU quotas, the create rate limit.
 //! - `convert.rs`: the proto boundary; validation that names the field.
 //! - `api.rs` + `api/`: one file per `hearth.v1` gRPC service.
@@ -40,6 +42,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod convert;
+pub mod credentials;
 pub mod drain;
 pub mod error;
 pub mod events;
@@ -129,6 +132,7 @@ pub async fn run(
     let advertise_url = config.advertise_url();
     let store = open_store(&config).await?;
     let tokens = Arc::new(auth::Tokens::from_config(&config.auth)?);
+    let credentials = credentials::Credentials::load(&config.registry_credentials)?;
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -139,6 +143,7 @@ pub async fn run(
         advertise_url,
         store,
         tokens.clone(),
+        credentials,
         metrics,
         stop.clone(),
     ));

@@ -12,7 +12,7 @@
 //! something about the node changes, through fenced transactions.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -58,6 +58,8 @@ struct Entry {
     last_heard: Instant,
     connection: Option<Connection>,
     telemetry: Option<(NodeTelemetry, SystemTime)>,
+    /// Images the node holds, by canonical reference (memory only, like telemetry).
+    images: HashSet<String>,
 }
 
 /// The registry of nodes.
@@ -161,6 +163,7 @@ impl Nodes {
                     last_heard: now,
                     connection: None,
                     telemetry: None,
+                    images: HashSet::new(),
                 },
             );
         }
@@ -191,9 +194,10 @@ impl Nodes {
     pub async fn connect(
         &self,
         leader: &LeaderState,
-        hello: CheckedHello,
+        mut hello: CheckedHello,
         tx: mpsc::Sender<BrokerMessage>,
     ) -> Result<Connection> {
+        let images = std::mem::take(&mut hello.images);
         let connection = Connection {
             id: self.next_connection.fetch_add(1, Ordering::Relaxed),
             tx,
@@ -233,6 +237,7 @@ impl Nodes {
                     last_heard: Instant::now(),
                     connection: Some(connection.clone()),
                     telemetry: None,
+                    images,
                 },
             );
             self.update_gauges(&entries);
@@ -258,6 +263,17 @@ impl Nodes {
         };
         self.events.emit("node.ready", &node.id, "", message);
         Ok(connection)
+    }
+
+    /// The agent reported the images its node holds now (already canonical).
+    pub fn images_changed(&self, node_id: &str, connection_id: u64, images: HashSet<String>) {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(node_id)
+            && entry.connection.as_ref().map(|c| c.id) == Some(connection_id)
+        {
+            tracing::debug!(node = node_id, images = images.len(), "node images changed");
+            entry.images = images;
+        }
     }
 
     /// The agent's stream ended. The node keeps its state; silence timers do the rest.
@@ -555,6 +571,7 @@ impl Nodes {
             .map(|e| crate::placement::NodeRef {
                 node: &e.node,
                 telemetry: e.telemetry.as_ref().map(|(t, _)| t),
+                images: Some(&e.images),
             })
             .collect();
         f(&views)
@@ -603,6 +620,8 @@ fn view(entry: &Entry) -> Node {
         node.telemetry = Some(t.clone());
         node.telemetry_received_at = Some(hearth_sdk::time::timestamp(*at));
     }
+    node.images = entry.images.iter().cloned().collect();
+    node.images.sort();
     node
 }
 

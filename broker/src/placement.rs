@@ -6,6 +6,9 @@
 //! scored: bin-pack (the default) fills the busiest node that fits, which keeps whole
 //! hosts free for large sessions; spread prefers the emptiest. Ties go to the node whose
 //! chosen GPUs have the most free VRAM by the latest telemetry, then to the lower id.
+//! Among nodes the strategy scores equal (the same GPUs free after placing), one that
+//! already holds the session's image wins over one that would have to pull it: a pull of
+//! a multi-GB image is most of a cold start.
 //! A pure function over a snapshot, so it is cheap to test and to retry when a
 //! transaction loses a race.
 
@@ -53,6 +56,8 @@ pub struct Placement {
     pub node_id: String,
     /// The GPUs, by UUID, in index order.
     pub gpu_uuids: Vec<String>,
+    /// The node already holds the session's image.
+    pub holds_image: bool,
 }
 
 /// GPUs already allocated, by node: node id → GPU UUIDs.
@@ -91,6 +96,8 @@ pub struct NodeRef<'a> {
     pub node: &'a Node,
     /// Its latest telemetry, if any.
     pub telemetry: Option<&'a NodeTelemetry>,
+    /// The images it holds, by canonical reference, if its agent reported any.
+    pub images: Option<&'a HashSet<String>>,
 }
 
 impl<'a> NodeRef<'a> {
@@ -99,6 +106,7 @@ impl<'a> NodeRef<'a> {
         Self {
             node,
             telemetry: node.telemetry.as_ref(),
+            images: None,
         }
     }
 }
@@ -111,6 +119,8 @@ struct Candidate<'a> {
     free_after: usize,
     /// Free VRAM of the chosen GPUs, by the latest telemetry.
     free_vram: u64,
+    /// The node holds the wanted image.
+    holds_image: bool,
 }
 
 /// Picks a node and GPUs among `nodes`, with `allocated` taken; see [`place_among`].
@@ -124,24 +134,30 @@ pub fn place(
 ) -> Result<Placement, String> {
     let refs: Vec<NodeRef> = nodes.iter().map(NodeRef::of).collect();
     let taken = |node: &str, uuid: &str| allocated.get(node).is_some_and(|a| a.contains(uuid));
-    place_among(&refs, &taken, gpus, placement, default)
+    place_among(&refs, &taken, gpus, placement, default, "")
 }
 
 /// Picks a node and GPUs, or explains why none fits (a message for RESOURCE_EXHAUSTED).
 /// `taken(node, uuid)` says whether a GPU is allocated or reserved. `default` is the
-/// cluster's strategy, used unless the request names one.
+/// cluster's strategy, used unless the request names one. `image` is the session's
+/// image by canonical reference ([`hearth_sdk::image::canonical`]), or empty.
 pub fn place_among(
     nodes: &[NodeRef<'_>],
     taken: &dyn Fn(&str, &str) -> bool,
     gpus: &GpuRequest,
     placement: Option<&PlacementSpec>,
     default: Strategy,
+    image: &str,
 ) -> Result<Placement, String> {
     let mut reasons: Vec<String> = Vec::new();
     let mut candidates = Vec::new();
     for node in nodes {
         match fit(*node, taken, gpus, placement) {
-            Ok(candidate) => candidates.push(candidate),
+            Ok(mut candidate) => {
+                candidate.holds_image =
+                    !image.is_empty() && node.images.is_some_and(|held| held.contains(image));
+                candidates.push(candidate);
+            }
             Err(why) => reasons.push(format!("{}: {why}", node.node.id)),
         }
     }
@@ -149,6 +165,7 @@ pub fn place_among(
         Strategy::Binpack => candidates.into_iter().min_by_key(|c| {
             (
                 c.free_after,
+                Reverse(c.holds_image),
                 Reverse(c.node.session_ids.len()),
                 Reverse(c.free_vram),
                 c.node.id.clone(),
@@ -157,6 +174,7 @@ pub fn place_among(
         Strategy::Spread => candidates.into_iter().min_by_key(|c| {
             (
                 Reverse(c.free_after),
+                Reverse(c.holds_image),
                 c.node.session_ids.len(),
                 Reverse(c.free_vram),
                 c.node.id.clone(),
@@ -169,6 +187,7 @@ pub fn place_among(
         return Ok(Placement {
             node_id: c.node.id.clone(),
             gpu_uuids: chosen.into_iter().map(|g| g.uuid.clone()).collect(),
+            holds_image: c.holds_image,
         });
     }
     reasons.sort();
@@ -274,6 +293,7 @@ fn fit<'a>(
         node,
         free_after: free.len() - matching.len(),
         free_vram: matching.iter().map(|(_, vram)| vram).sum(),
+        holds_image: false,
         gpus: matching.into_iter().map(|(g, _)| g).collect(),
     })
 }
@@ -658,6 +678,58 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.gpu_uuids, vec!["GPU-a-0", "GPU-a-1"]);
+    }
+
+    /// Among nodes the strategy scores equal, the one holding the image wins, even over
+    /// more free VRAM; it never outweighs the strategy itself.
+    #[test]
+    fn a_node_holding_the_image_wins_among_equals() {
+        let image = hearth_sdk::image::canonical("127.0.0.1:5000/model:v1");
+        let held: HashSet<String> = [image.clone()].into();
+        let other: HashSet<String> = [hearth_sdk::image::canonical("model:v2")].into();
+        let mut roomy = node("a", 2, "H100");
+        sample(&mut roomy, 0, 0, None);
+        sample(&mut roomy, 1, 0, None);
+        let mut holder = node("b", 2, "H100");
+        sample(&mut holder, 0, 40 * GIB, None);
+        sample(&mut holder, 1, 40 * GIB, None);
+        let spare = node("c", 4, "H100");
+        let place_with = |nodes: &[&Node], holding: &[Option<&HashSet<String>>], s, image: &str| {
+            let refs: Vec<NodeRef> = nodes
+                .iter()
+                .zip(holding)
+                .map(|(n, images)| NodeRef {
+                    node: n,
+                    telemetry: n.telemetry.as_ref(),
+                    images: *images,
+                })
+                .collect();
+            place_among(&refs, &|_, _| false, &want(1), None, s, image).unwrap()
+        };
+        for s in [Strategy::Binpack, Strategy::Spread] {
+            let p = place_with(&[&roomy, &holder], &[Some(&other), Some(&held)], s, &image);
+            assert_eq!((p.node_id.as_str(), p.holds_image), ("b", true), "{s:?}");
+            // No image wanted, or nobody holds it: free VRAM decides as before.
+            let p = place_with(&[&roomy, &holder], &[Some(&other), Some(&held)], s, "");
+            assert_eq!((p.node_id.as_str(), p.holds_image), ("a", false), "{s:?}");
+            let p = place_with(&[&roomy, &holder], &[None, Some(&other)], s, &image);
+            assert_eq!((p.node_id.as_str(), p.holds_image), ("a", false), "{s:?}");
+        }
+        // The strategy comes first: spread takes the emptier node without the image.
+        let p = place_with(
+            &[&holder, &spare],
+            &[Some(&held), None],
+            Strategy::Spread,
+            &image,
+        );
+        assert_eq!((p.node_id.as_str(), p.holds_image), ("c", false));
+        let p = place_with(
+            &[&holder, &spare],
+            &[Some(&held), None],
+            Strategy::Binpack,
+            &image,
+        );
+        assert_eq!((p.node_id.as_str(), p.holds_image), ("b", true));
     }
 
     #[test]

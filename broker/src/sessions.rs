@@ -603,10 +603,13 @@ impl Sessions {
             .pool
             .then(|| templates::pool_key(tenant, &launch.template, &id));
         let gpus = checked.spec.gpus.clone().unwrap_or_default();
+        let image = hearth_sdk::image::canonical(&checked.spec.image);
         let mut attempt = 0;
+        let mut holds_image;
         let revision = loop {
             attempt += 1;
-            let place = self.reserve(cluster, &gpus, checked.spec.placement.as_ref())?;
+            let place = self.reserve(cluster, &gpus, checked.spec.placement.as_ref(), &image)?;
+            holds_image = place.holds_image;
             record.node_id = place.node_id.clone();
             record.gpu_uuids = place.gpu_uuids.clone();
             let mut txn = Txn::fenced(leader.epoch)
@@ -665,6 +668,7 @@ impl Sessions {
         self.unreserve(&placement::Placement {
             node_id: record.node_id.clone(),
             gpu_uuids: record.gpu_uuids.clone(),
+            holds_image,
         });
         if let Some(key) = pool_key {
             let membership = Membership {
@@ -681,9 +685,14 @@ impl Sessions {
             &record.node_id,
             &id,
             format!(
-                "session {id} placed on {} with GPUs [{}]{}",
+                "session {id} placed on {} with GPUs [{}]{}{}",
                 record.node_id,
                 record.gpu_uuids.join(", "),
+                if holds_image {
+                    format!(", which already holds image {}", checked.spec.image)
+                } else {
+                    String::new()
+                },
                 if launch.pool {
                     format!(" for the warm pool of template {}", launch.template)
                 } else {
@@ -768,6 +777,7 @@ impl Sessions {
         cluster: &Cluster,
         gpus: &GpuRequest,
         spec: Option<&PlacementSpec>,
+        image: &str,
     ) -> Result<placement::Placement> {
         let allocated = lock(&self.allocated);
         let mut reserved = lock(&self.reserved);
@@ -778,7 +788,8 @@ impl Sessions {
         let place = cluster
             .nodes
             .with_placement_view(|nodes| {
-                placement::place_among(nodes, &taken, gpus, spec, cluster.config.placement.strategy)
+                let strategy = cluster.config.placement.strategy;
+                placement::place_among(nodes, &taken, gpus, spec, strategy, image)
             })
             .map_err(Error::ResourceExhausted)?;
         reserved
@@ -886,6 +897,24 @@ impl Sessions {
                 record.node_id
             )));
         };
+        let image = record.spec.as_ref().map_or("", |s| s.image.as_str());
+        let registry_auth = match cluster
+            .credentials
+            .for_image(cluster, &record.tenant, image)
+            .await
+        {
+            Ok(auth) => auth,
+            Err(e) => {
+                self.fail(
+                    cluster,
+                    leader,
+                    entry,
+                    &format!("its registry credentials could not be read: {e}"),
+                )
+                .await?;
+                return Err(e);
+            }
+        };
         let meta = Self::meta(&record, leader);
         let command_id = meta.command_id.clone();
         let command = broker_message::Msg::StartSession(StartSessionCommand {
@@ -897,6 +926,7 @@ impl Sessions {
                 &record.tenant,
                 record.spec.as_ref().unwrap_or(&Default::default()),
             )),
+            registry_auth,
         });
         let reply = cluster
             .turns

@@ -110,6 +110,9 @@ pub enum Command {
     /// broker's [[auth.tokens]].
     #[command(subcommand)]
     Token(crate::commands::token::Token),
+    /// Your tenant's credentials for private image registries: login, ls, logout.
+    #[command(subcommand, visible_alias = "registries")]
+    Registry(crate::commands::registry::Registry),
 }
 
 /// `hearth sessions ...`

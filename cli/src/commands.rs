@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod events;
 pub mod nodes;
+pub mod registry;
 pub mod sessions;
 pub mod templates;
 pub mod token;

@@ -46,6 +46,9 @@ proto_messages!(
     ListTokensResponse,
     TokenInfo,
     Event,
+    RegistryCredential,
+    ListRegistryCredentialsResponse,
+    DeleteRegistryCredentialResponse,
 );
 
 /// The message as a JSON value.

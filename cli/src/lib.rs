@@ -55,6 +55,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             Command::Events(args) => commands::events::run(&ctx, args).await,
             Command::Certs(command) => commands::certs::run(&command),
             Command::Token(command) => commands::token::run(&ctx, command).await,
+            Command::Registry(command) => commands::registry::run(&ctx, command).await,
         }
     }
     .await;

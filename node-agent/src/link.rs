@@ -36,8 +36,8 @@ use std::{
 };
 
 use hearth_sdk::proto::v1::{
-    AgentMessage, BrokerMessage, CommandMeta, Hello, NodeTelemetry, Reply, Welcome, agent_message,
-    broker_message, node_agent_client::NodeAgentClient,
+    AgentMessage, BrokerMessage, CommandMeta, Hello, NodeImages, NodeTelemetry, Reply, Welcome,
+    agent_message, broker_message, node_agent_client::NodeAgentClient,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
@@ -75,7 +75,24 @@ pub struct Link {
     dropping: bool,
     /// True while GPU sampling fails, so the streak is logged once.
     sample_failing: bool,
+    /// What the broker was last told of the host's images, on this stream.
+    images: ImagesSent,
 }
+
+/// The image list last sent on the current stream, and when it was read.
+#[derive(Default)]
+struct ImagesSent {
+    /// [`Sessions::images_version`] when it was read.
+    version: u64,
+    /// Sorted.
+    images: Vec<String>,
+    read_at: Option<tokio::time::Instant>,
+}
+
+/// How often the host's images are listed again to catch changes the agent did not make
+/// (an operator's `docker load` or `docker rmi`). The agent's own pulls and removals are
+/// reported at the next telemetry tick.
+pub const IMAGES_REFRESH: Duration = Duration::from_secs(30);
 
 impl Link {
     /// A link for this agent process, running the broker's commands on `sessions`.
@@ -101,6 +118,7 @@ impl Link {
             fence,
             dropping: false,
             sample_failing: false,
+            images: ImagesSent::default(),
         }
     }
 
@@ -202,7 +220,10 @@ impl Link {
         // The first tick is immediate, so the broker has telemetry right after Welcome.
         loop {
             tokio::select! {
-                _ = ticker.tick() => self.send_telemetry(&tx).await?,
+                _ = ticker.tick() => {
+                    self.send_telemetry(&tx).await?;
+                    self.send_images_if_changed(&tx).await?;
+                }
                 message = inbound.next() => match message {
                     Some(Ok(message)) => self.handle(message, &tx),
                     Some(Err(status)) => return Err(status_error(status)),
@@ -212,10 +233,69 @@ impl Link {
         }
     }
 
-    async fn hello(&self) -> Result<AgentMessage, Error> {
+    /// The host's images, sorted; empty (and logged) when the runtime cannot list them,
+    /// since placement only prefers holders and can do without.
+    async fn list_images(&mut self) -> Vec<String> {
+        let version = self.sessions.images_version();
+        match self.sessions.images().await {
+            Ok(mut images) => {
+                images.sort();
+                images.dedup();
+                self.images.version = version;
+                self.images.read_at = Some(tokio::time::Instant::now());
+                images
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::report(&e), "cannot list the host's images");
+                self.images.read_at = Some(tokio::time::Instant::now());
+                self.images.images.clone()
+            }
+        }
+    }
+
+    /// Tells the broker the host's images when this agent pulled or removed one, or when
+    /// a periodic listing finds them changed.
+    async fn send_images_if_changed(
+        &mut self,
+        tx: &mpsc::Sender<AgentMessage>,
+    ) -> Result<(), Error> {
+        let stale = self
+            .images
+            .read_at
+            .is_none_or(|at| at.elapsed() >= IMAGES_REFRESH);
+        if !stale && self.sessions.images_version() == self.images.version {
+            return Ok(());
+        }
+        let images = self.list_images().await;
+        if images == self.images.images {
+            return Ok(());
+        }
+        let message = AgentMessage {
+            msg: Some(agent_message::Msg::NodeImages(NodeImages {
+                images: images.clone(),
+            })),
+        };
+        match tx.try_send(message) {
+            Ok(()) => {
+                tracing::debug!(images = images.len(), "told the broker the host's images");
+                self.images.images = images;
+                Ok(())
+            }
+            // Tried again at the next tick: the version or the listing still differs.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.images.read_at = None;
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::StreamClosed),
+        }
+    }
+
+    async fn hello(&mut self) -> Result<AgentMessage, Error> {
         let gpus = self.gpus.clone();
         let inventory = blocking(move || gpus.inventory()).await?;
         let sessions = self.sessions.running().await.map_err(Error::Runtime)?;
+        let images = self.list_images().await;
+        self.images.images = images.clone();
         let config = &self.config;
         Ok(AgentMessage {
             msg: Some(agent_message::Msg::Hello(Hello {
@@ -234,6 +314,7 @@ impl Link {
                 runtime: self.sessions.runtime_kind().to_owned(),
                 sessions,
                 highest_epoch: self.fence.highest(),
+                images,
             })),
         })
     }

@@ -50,6 +50,17 @@ pub struct StartRequest {
     pub network: Option<hearth_sdk::proto::v1::SessionNetwork>,
 }
 
+/// What a start needs of its image.
+#[derive(Clone, Copy, Debug)]
+pub struct ImageRequest<'a> {
+    /// The session's spec: its image and pull policy.
+    pub spec: &'a SessionSpec,
+    /// The session's tenant.
+    pub tenant: &'a str,
+    /// The tenant's credentials for the image's registry, if it set any.
+    pub auth: Option<&'a hearth_sdk::proto::v1::RegistryAuth>,
+}
+
 /// A workload's state as the runtime sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WorkloadState {
@@ -109,6 +120,13 @@ pub enum RuntimeError {
         "image {0:?} is not on this node and spec.pull_policy is NEVER (load it there, or allow pulls)"
     )]
     NotPulled(String),
+    /// The image on this host was pulled with another tenant's registry credentials, and
+    /// `spec.pull_policy` NEVER forbids pulling it with this tenant's.
+    #[error(
+        "image {0:?} on this node was pulled with another tenant's registry credentials; \
+         with spec.pull_policy NEVER this tenant cannot pull it with its own"
+    )]
+    NotPulledForTenant(String),
     /// Pulling the image from its registry failed: `reason` is the registry's or the
     /// network's, as the engine reported it.
     #[error("pulling image {image:?}: {reason}")]
@@ -173,17 +191,29 @@ pub trait Runtime: Send + Sync + 'static {
     /// "docker" or "process".
     fn kind(&self) -> &'static str;
 
-    /// Makes sure the image `spec` names is on this host, pulling it as
-    /// `spec.pull_policy` says, with its progress on `progress`. Returns whether it
-    /// pulled. Called before [`Runtime::start`]. The default has nothing to pull (the
-    /// process runtime runs executables of the host).
+    /// Makes sure the image the request's spec names is on this host, pulling it (with
+    /// the request's credentials) as `spec.pull_policy` says, with its progress on
+    /// `progress`. Returns whether it pulled. Called before [`Runtime::start`]. The
+    /// default has nothing to pull (the process runtime runs executables of the host).
     async fn prepare_image(
         &self,
-        spec: &SessionSpec,
+        request: ImageRequest<'_>,
         progress: watch::Sender<PullProgress>,
     ) -> Result<bool, RuntimeError> {
-        let _ = (spec, progress);
+        let _ = (request, progress);
         Ok(false)
+    }
+
+    /// The images this host holds, as the engine names them: repository tags and
+    /// repository digests. The default holds none (the process runtime has no images).
+    async fn images(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(Vec::new())
+    }
+
+    /// Goes up whenever this agent pulls or removes an image, so the broker can be told
+    /// at once rather than at the next periodic listing.
+    fn images_version(&self) -> u64 {
+        0
     }
 
     /// Creates and starts the workload (no readiness check: that is the caller's). A

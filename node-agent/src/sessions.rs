@@ -63,7 +63,8 @@ use tonic::Code;
 use crate::{
     metrics::Metrics,
     runtime::{
-        ExecOutput, ExecSpec, PullProgress, Runtime, RuntimeError, StartRequest, WorkloadState,
+        ExecOutput, ExecSpec, ImageRequest, PullProgress, Runtime, RuntimeError, StartRequest,
+        WorkloadState,
     },
 };
 
@@ -191,9 +192,10 @@ impl From<RuntimeError> for Failure {
 /// The one mapping from runtime errors to Reply codes.
 pub fn runtime_code(error: &RuntimeError) -> Code {
     match error {
-        RuntimeError::ImageNotFound(_) | RuntimeError::NotPulled(_) | RuntimeError::NotFound(_) => {
-            Code::NotFound
-        }
+        RuntimeError::ImageNotFound(_)
+        | RuntimeError::NotPulled(_)
+        | RuntimeError::NotPulledForTenant(_)
+        | RuntimeError::NotFound(_) => Code::NotFound,
         RuntimeError::PortNotExposed { .. } | RuntimeError::InvalidSpec { .. } => {
             Code::InvalidArgument
         }
@@ -270,6 +272,16 @@ impl Sessions {
     /// "docker" or "process", for `Hello.runtime`.
     pub fn runtime_kind(&self) -> &'static str {
         self.runtime.kind()
+    }
+
+    /// The images the host holds ([`Runtime::images`]).
+    pub async fn images(&self) -> Result<Vec<String>, RuntimeError> {
+        self.runtime.images().await
+    }
+
+    /// See [`Runtime::images_version`].
+    pub fn images_version(&self) -> u64 {
+        self.runtime.images_version()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -614,7 +626,12 @@ impl Sessions {
             old.watch.cancel();
         }
         self.cancel_session_turns(session);
-        let pull_ms = self.prepare_image(&spec, meta, reply_to).await?;
+        let image = ImageRequest {
+            spec: &spec,
+            tenant: &command.tenant,
+            auth: command.registry_auth.as_ref(),
+        };
+        let pull_ms = self.prepare_image(image, meta, reply_to).await?;
         let started = Instant::now();
         let workload = self
             .runtime
@@ -655,10 +672,11 @@ impl Sessions {
     /// how many milliseconds the pull took, 0 when none was needed.
     async fn prepare_image(
         &self,
-        spec: &hearth_sdk::proto::v1::SessionSpec,
+        request: ImageRequest<'_>,
         meta: &CommandMeta,
         reply_to: &mpsc::Sender<AgentMessage>,
     ) -> Result<u64, Failure> {
+        let spec = request.spec;
         let (progress, mut seen) = tokio::sync::watch::channel(PullProgress::default());
         let message = |p: PullProgress, done: bool| AgentMessage {
             msg: Some(agent_message::Msg::PullProgress(PullProgressMsg {
@@ -683,7 +701,7 @@ impl Sessions {
         };
         let began = Instant::now();
         let pulled = tokio::select! {
-            pulled = self.runtime.prepare_image(spec, progress) => pulled?,
+            pulled = self.runtime.prepare_image(request, progress) => pulled?,
             () = forward => unreachable!("the forwarder ends only when the pull has"),
         };
         if !pulled {

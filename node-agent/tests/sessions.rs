@@ -88,6 +88,7 @@ async fn start_session(conn: &mut Conn, session: &str, spec: SessionSpec) -> Str
         gpu_uuids: vec![],
         tenant: "acme".into(),
         network: None,
+        registry_auth: None,
     }))
     .await;
     let reply = conn.reply().await;

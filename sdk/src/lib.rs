@@ -14,6 +14,8 @@
 //! - `session`: [`Session`], a handle on one session with a background keep-alive, and
 //!   its turns ([`Exec`], [`Invoke`]).
 //! - `retry`: [`RetryPolicy`] and what is safe to retry.
+//! - `image`: container image references spelled one way (placement and credentials
+//!   compare them).
 //! - `size`: human byte sizes (`80GiB`) for flags and config files.
 //! - `time`: conversions between protobuf timestamps/durations and std types.
 //! - `ops` (feature `server`): admin HTTP (`/live`, `/ready`, `/metrics`) and tracing set-up.
@@ -21,6 +23,7 @@
 
 pub mod client;
 pub mod error;
+pub mod image;
 #[cfg(feature = "server")]
 pub mod ops;
 pub mod retry;

@@ -37,7 +37,7 @@
 //! reconnects, just as that many real agents would.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -95,6 +95,8 @@ pub struct SimFleetConfig {
     pub hello_timeout: Duration,
     /// Reconnect backoff floor and cap (full jitter).
     pub backoff: (Duration, Duration),
+    /// Images a host reports holding in its `Hello`, by host index (none when absent).
+    pub images: BTreeMap<usize, Vec<String>>,
 }
 
 impl Default for SimFleetConfig {
@@ -112,6 +114,7 @@ impl Default for SimFleetConfig {
             keepalive: (Duration::from_secs(10), Duration::from_secs(5)),
             hello_timeout: Duration::from_secs(10),
             backoff: (Duration::from_millis(200), Duration::from_secs(10)),
+            images: BTreeMap::new(),
         }
     }
 }
@@ -421,7 +424,8 @@ impl SimHost {
         };
         let mut client = NodeAgentClient::new(channel);
         let (tx, mut rx) = mpsc::channel(MAILBOX);
-        let _ = tx.try_send(self.hello());
+        let images = config.images.get(&self.index).cloned().unwrap_or_default();
+        let _ = tx.try_send(self.hello(images));
         let opened = tokio::time::timeout(config.hello_timeout, async {
             let mut inbound = client
                 .connect(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
@@ -488,7 +492,7 @@ impl SimHost {
         }
     }
 
-    fn hello(&self) -> AgentMessage {
+    fn hello(&self, images: Vec<String>) -> AgentMessage {
         let state = self.lock();
         let sessions = state
             .workloads
@@ -516,6 +520,7 @@ impl SimHost {
                 runtime: RUNTIME.to_owned(),
                 sessions,
                 highest_epoch: state.highest_epoch,
+                images,
             })),
         }
     }

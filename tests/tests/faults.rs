@@ -1386,6 +1386,7 @@ async fn an_agent_refuses_a_deposed_leaders_commands() -> anyhow::Result<()> {
             gpu_uuids: vec![gpu],
             tenant: "default".to_owned(),
             network: None,
+            registry_auth: None,
         }))
         .await?;
     let started = leader.reply().await?;

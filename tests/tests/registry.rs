@@ -21,7 +21,7 @@ use hearth_sdk::proto::v1::{
     WatchEventsRequest, create_session_request::Source, sessions_client::SessionsClient,
 };
 use hearth_tests::{
-    api, images,
+    api, eventually, images,
     process::{Agent, Broker, free_port},
 };
 use tonic::{Code, transport::Channel};
@@ -36,6 +36,16 @@ struct Registry {
 impl Registry {
     /// Starts one, or `None` where `docker-registry` is not installed (outside CI).
     fn start() -> anyhow::Result<Option<Self>> {
+        Self::serve(None)
+    }
+
+    /// Starts one that serves `open`'s storage (what was pushed there) to clients that log
+    /// in as `user` with `password` (htpasswd, bcrypt) and to nobody else.
+    fn with_login(open: &Registry, user: &str, password: &str) -> anyhow::Result<Self> {
+        Self::serve(Some((open, user, password)))?.context("docker-registry went missing")
+    }
+
+    fn serve(login: Option<(&Registry, &str, &str)>) -> anyhow::Result<Option<Self>> {
         let Some(binary) = which("docker-registry") else {
             if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
                 bail!("docker-registry is required in CI (Debian package docker-registry)");
@@ -46,11 +56,25 @@ impl Registry {
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let config = dir.path().join("config.yml");
+        let (storage, auth) = match login {
+            None => (dir.path().join("data"), String::new()),
+            Some((open, user, password)) => {
+                let htpasswd = dir.path().join("htpasswd");
+                std::fs::write(&htpasswd, format!("{user}:{}\n", bcrypt(password)?))?;
+                (
+                    open._dir.path().join("data"),
+                    format!(
+                        "auth:\n  htpasswd:\n    realm: hearth-test\n    path: {}\n",
+                        htpasswd.display()
+                    ),
+                )
+            }
+        };
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                storage.display()
             ),
         )?;
         let log = std::fs::File::create(dir.path().join("registry.log"))?;
@@ -130,6 +154,28 @@ impl Drop for Registry {
     }
 }
 
+/// A bcrypt hash of `password` for an htpasswd file (Python's crypt, through the C
+/// library; cost 4 keeps each of the registry's checks quick).
+fn bcrypt(password: &str) -> anyhow::Result<String> {
+    let out = Command::new("python3")
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            "import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))",
+            password,
+        ])
+        .output()
+        .context("running python3 for a bcrypt hash")?;
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    anyhow::ensure!(
+        out.status.success() && hash.starts_with("$2"),
+        "no bcrypt hash from python3: {hash} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(hash)
+}
+
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -188,11 +234,19 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// A broker and a Docker agent with `extra` agent flags.
-    async fn start_with(node: &str, extra: &[&str]) -> anyhow::Result<Self> {
+    /// A broker with `broker_extra` flags and a Docker agent with `extra` agent flags;
+    /// `admin` is an admin token where the broker requires tokens.
+    async fn start_with(
+        node: &str,
+        broker_extra: &[&str],
+        extra: &[&str],
+        admin: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let store = dir.path().join("store").display().to_string();
-        let broker = Broker::spawn(dir.path(), "broker", &["--store-path", &store])?;
+        let mut broker_flags = vec!["--store-path", &store];
+        broker_flags.extend_from_slice(broker_extra);
+        let broker = Broker::spawn(dir.path(), "broker", &broker_flags)?;
         let node = format!("{node}-{}", std::process::id());
         let state = dir.path().join("agent-state").display().to_string();
         let mut flags = vec![
@@ -205,7 +259,21 @@ impl Cluster {
         ];
         flags.extend_from_slice(extra);
         let agent = Agent::spawn(dir.path(), &node, &[&broker.url], &flags)?;
-        api::node_ready(&broker.url, &agent.node_id).await?;
+        match admin {
+            None => drop(api::node_ready(&broker.url, &agent.node_id).await?),
+            Some(token) => {
+                // The broker may still be starting: dial until it answers.
+                let admin = eventually("the broker answers", Duration::from_secs(20), || async {
+                    Ok(hearth_sdk::Client::builder(broker.url.clone())
+                        .token(token)
+                        .connect()
+                        .await
+                        .ok())
+                })
+                .await?;
+                api::node_ready_as(&admin, &agent.node_id).await?;
+            }
+        }
         let client = SessionsClient::new(api::long_channel(&broker.url));
         Ok(Self {
             broker,
@@ -294,7 +362,10 @@ async fn setup_with(node: &str, extra: &[&str]) -> anyhow::Result<Option<(Regist
         return Ok(None);
     };
     images::worker_image()?;
-    Ok(Some((registry, Cluster::start_with(node, extra).await?)))
+    Ok(Some((
+        registry,
+        Cluster::start_with(node, &[], extra, None).await?,
+    )))
 }
 
 /// Polls `check` every 200 ms until it holds or `within` has passed.
@@ -381,6 +452,19 @@ async fn a_missing_image_is_pulled_with_progress_and_timed_apart() -> anyhow::Re
     };
     let (image, _) = registry.push_fresh("hearth-pull-progress", "v1", 8 << 20)?;
     cluster.images.push(image.clone());
+    // The agent reports the images its engine holds (for placement): not this one yet.
+    let canonical = hearth_sdk::image::canonical(&image);
+    let node_images = async || -> anyhow::Result<Vec<String>> {
+        Ok(api::node(&cluster.broker.url, &cluster.agent.node_id)
+            .await?
+            .images)
+    };
+    let before = node_images().await?;
+    assert!(
+        before.contains(&"docker.io/library/hearth-test-worker:latest".to_owned()),
+        "the Docker agent's Hello lists the engine's images: {before:?}"
+    );
+    assert!(!before.contains(&canonical), "{before:?}");
 
     // The cluster's events, followed from before the create, so none is missed.
     let mut events = api::admin(&cluster.broker.url)
@@ -420,6 +504,13 @@ async fn a_missing_image_is_pulled_with_progress_and_timed_apart() -> anyhow::Re
     assert!(session.pull_ms > 0, "{session:?}");
     assert_eq!(session.cold_starts, 1);
     assert!(holds(&image), "the engine holds the pulled image");
+    // Its own pull is reported at the agent's next telemetry tick.
+    eventually(
+        "the node reports the pulled image",
+        Duration::from_secs(5),
+        || async { Ok(node_images().await?.contains(&canonical).then_some(())) },
+    )
+    .await?;
     assert_eq!(cluster.counter(&session.id).await?, 1);
     assert_eq!(cluster.counter(&session.id).await?, 2);
     eprintln!(
@@ -659,4 +750,162 @@ with hearth.Client({url:?}) as client:
     );
     eprintln!("clients: CLI stderr\n{stderr}python steps {steps:#?}");
     Ok(())
+}
+
+/// Registry credentials: a tenant's are sealed in the store and used for its pulls only.
+/// Against a registry with htpasswd logins: no credentials and wrong ones fail naming the
+/// registry and 401; the right ones pull; another tenant cannot start from the image the
+/// first one pulled (it must show the registry its own); the password shows nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_credentials_pull_for_their_tenant_only() -> anyhow::Result<()> {
+    if !images::docker_or_skip() {
+        return Ok(());
+    }
+    let Some(open) = Registry::start()? else {
+        return Ok(());
+    };
+    images::worker_image()?;
+    let (pushed, _) = open.push_fresh("hearth-private", "v1", 2 << 20)?;
+    const PASSWORD: &str = "alice-registry-pw-7d1f";
+    let private = Registry::with_login(&open, "alice", PASSWORD)?;
+    let image = pushed.replace(&open.host, &private.host);
+
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("broker.toml");
+    let token_a = hearth_tests::tenants::create_token(&config, "team-a", "user")?;
+    let token_b = hearth_tests::tenants::create_token(&config, "team-b", "user")?;
+    let token_admin = hearth_tests::tenants::create_token(&config, "ops", "admin")?;
+    let key = dir.path().join("credentials.key");
+    std::fs::write(&key, "c2VhbGluZy1rZXktZm9yLXRoZS1yZWdpc3RyeS10c3Q=\n")?;
+    let config_flag = config.display().to_string();
+    let key_flag = key.display().to_string();
+    let mut cluster = Cluster::start_with(
+        "pull-auth",
+        &[
+            "--config",
+            &config_flag,
+            "--credentials-key-file",
+            &key_flag,
+        ],
+        &[],
+        Some(&token_admin),
+    )
+    .await?;
+    cluster.images.push(image.clone());
+    let connect = async |token: &str| {
+        hearth_sdk::Client::builder(cluster.broker.url.clone())
+            .token(token)
+            .connect()
+            .await
+    };
+    let (a, b) = (connect(&token_a).await?, connect(&token_b).await?);
+    let create = async |client: &hearth_sdk::Client| {
+        client
+            .sessions()
+            .create_session(CreateSessionRequest {
+                source: Some(Source::Spec(spec(&image, 0))),
+                ..CreateSessionRequest::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+    };
+    let login = async |client: &hearth_sdk::Client, password: &str| {
+        client
+            .templates()
+            .set_registry_credential(hearth_sdk::proto::v1::SetRegistryCredentialRequest {
+                registry: private.host.clone(),
+                username: "alice".to_owned(),
+                password: password.to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    };
+    let refused = |err: &tonic::Status, says: &str| {
+        let m = err.message();
+        eprintln!("refused as expected: {m}");
+        assert!(
+            m.contains(&private.host) && m.contains("401") && m.contains(says),
+            "expected a refusal naming {} and 401 ({says}): {err:?}",
+            private.host
+        );
+    };
+
+    // No credentials: the registry refuses, and the session is FAILED saying so.
+    let err = create(&a).await.unwrap_err();
+    refused(&err, "no credentials");
+    // Wrong ones.
+    login(&a, "not-the-password").await?;
+    let err = create(&a).await.unwrap_err();
+    refused(&err, "refused the credentials");
+    // The right ones: pulled with them, READY.
+    let shown = login(&a, PASSWORD).await?;
+    assert_eq!(
+        (shown.registry.as_str(), shown.username.as_str()),
+        (private.host.as_str(), "alice")
+    );
+    let session = create(&a)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}\n{}", cluster.logs()))?;
+    assert_eq!(session.state(), SessionState::Ready, "{session:?}");
+    assert!(session.pull_ms > 0, "{session:?}");
+    assert!(holds(&image));
+    // team-b has no credentials: though the node holds the image, b's start must pull
+    // it with its own, and the registry refuses.
+    let err = create(&b).await.unwrap_err();
+    refused(&err, "no credentials");
+    // Listing shows the registry and user, never the password; nothing else shows it
+    // either: not the store, not a log.
+    let listed = a
+        .templates()
+        .list_registry_credentials(hearth_sdk::proto::v1::ListRegistryCredentialsRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(listed.credentials.len(), 1, "{listed:?}");
+    assert!(!format!("{listed:?}").contains(PASSWORD));
+    let listed_b = b
+        .templates()
+        .list_registry_credentials(hearth_sdk::proto::v1::ListRegistryCredentialsRequest {})
+        .await?
+        .into_inner();
+    assert!(listed_b.credentials.is_empty(), "{listed_b:?}");
+    let mut leaks = Vec::new();
+    for entry in walk(dir.path())?
+        .into_iter()
+        .chain(walk(cluster._dir.path())?)
+    {
+        if std::fs::read(&entry)?
+            .windows(PASSWORD.len())
+            .any(|w| w == PASSWORD.as_bytes())
+        {
+            leaks.push(entry);
+        }
+    }
+    assert!(leaks.is_empty(), "the password is readable in {leaks:?}");
+    assert!(
+        !cluster.logs().contains(PASSWORD),
+        "a log shows the password"
+    );
+    eprintln!(
+        "credentials: anonymous and wrong-password pulls refused with 401, team-a pulled {image} \
+         in {} ms with its credentials, team-b refused from the cached image",
+        session.pull_ms
+    );
+    a.sessions()
+        .delete_session(DeleteSessionRequest { id: session.id })
+        .await?;
+    Ok(())
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(walk(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(files)
 }

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use hearth_sdk::proto::v1::{
     CreateSessionRequest, DeleteSessionRequest, ExecRequest, GpuRequest, GpuSource,
-    PauseSessionRequest, ResumeSessionRequest, SessionSpec, SessionState, create_session_request,
-    sessions_client::SessionsClient,
+    PauseSessionRequest, PlacementSpec, PlacementStrategy, ResumeSessionRequest, Session,
+    SessionSpec, SessionState, create_session_request, sessions_client::SessionsClient,
 };
 use hearth_tests::{
-    api, eventually,
+    api,
+    events::Events,
+    eventually,
     process::Broker,
     sim_agent::{RUNTIME, SIMULATED_LABEL, SimFleet, SimFleetConfig},
 };
@@ -156,6 +158,114 @@ async fn simulated_hosts_register_report_and_follow_the_session_lifecycle() -> a
         ),
         (1, 1, 2)
     );
+    fleet.stop().await;
+    Ok(())
+}
+
+/// Image-aware placement: among nodes the strategy scores equal, the one whose agent
+/// reported holding the image gets the session, and the placement event says so. The
+/// hosts are SIMULATED; the broker is real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_prefers_a_node_that_holds_the_image() -> anyhow::Result<()> {
+    const TAGGED: &str = "127.0.0.1:5000/team/model:v1";
+    const DIGEST: &str = "127.0.0.1:5000/team/model@sha256:5e1f";
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store").display().to_string();
+    let broker = Broker::spawn(dir.path(), "broker", &["--store-path", &store])?;
+    // Host 2 holds the tag and host 1 the digest, as Docker lists them.
+    let fleet = SimFleet::start(SimFleetConfig {
+        brokers: vec![broker.url.clone()],
+        hosts: 3,
+        gpus_per_host: 2,
+        node_prefix: "holder-".to_owned(),
+        images: [
+            (1, vec![DIGEST.to_owned(), "busybox:latest".to_owned()]),
+            (2, vec![TAGGED.to_owned()]),
+        ]
+        .into(),
+        ..SimFleetConfig::default()
+    });
+    eventually(
+        "3 simulated hosts READY",
+        Duration::from_secs(20),
+        || async {
+            let info = api::cluster_info(&broker.url).await?;
+            Ok((info.nodes_ready == 3).then_some(()))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", broker.proc.log_tail()))?;
+    // The broker shows what each node holds, spelled in full.
+    let node = api::node(&broker.url, "holder-0001").await?;
+    assert_eq!(
+        node.images,
+        [
+            DIGEST.to_owned(),
+            "docker.io/library/busybox:latest".to_owned()
+        ]
+    );
+    assert!(
+        api::node(&broker.url, "holder-0000")
+            .await?
+            .images
+            .is_empty()
+    );
+
+    let events = Events::watch(&broker.url).await?;
+    let mut client = SessionsClient::new(api::long_channel(&broker.url));
+    let create = |image: &str, strategy: PlacementStrategy| CreateSessionRequest {
+        source: Some(create_session_request::Source::Spec(SessionSpec {
+            image: image.to_owned(),
+            gpus: Some(GpuRequest {
+                count: 1,
+                ..GpuRequest::default()
+            }),
+            placement: Some(PlacementSpec {
+                strategy: strategy.into(),
+                ..PlacementSpec::default()
+            }),
+            ..SessionSpec::default()
+        })),
+        ..CreateSessionRequest::default()
+    };
+    let placed = async |client: &mut SessionsClient<tonic::transport::Channel>,
+                        request: CreateSessionRequest|
+           -> anyhow::Result<(Session, String)> {
+        let session: Session = client.create_session(request).await?.into_inner();
+        let event = events
+            .wait("session.placed", &session.id, Duration::from_secs(5))
+            .await?;
+        Ok((session, event.message))
+    };
+
+    // Three empty hosts score equal: without the image the lowest id would win.
+    let (first, message) = placed(&mut client, create(TAGGED, PlacementStrategy::Binpack)).await?;
+    assert_eq!(first.node_id, "holder-0002", "{message}");
+    assert!(
+        message.contains(&format!("which already holds image {TAGGED}")),
+        "{message}"
+    );
+    // Spread: hosts 0 and 1 are the emptiest; host 1 holds the digest.
+    let (second, message) = placed(&mut client, create(DIGEST, PlacementStrategy::Spread)).await?;
+    assert_eq!(second.node_id, "holder-0001", "{message}");
+    assert!(message.contains("already holds image"), "{message}");
+    // "busybox" is the same image as "busybox:latest", but the strategy comes first:
+    // spread goes to host 0, the only host with both GPUs free, which lacks it.
+    let (third, message) =
+        placed(&mut client, create("busybox", PlacementStrategy::Spread)).await?;
+    assert_eq!(third.node_id, "holder-0000", "{message}");
+    assert!(!message.contains("already holds"), "{message}");
+    // Binpack among hosts with one GPU free each: host 1 holds busybox.
+    let (fourth, message) =
+        placed(&mut client, create("busybox", PlacementStrategy::Binpack)).await?;
+    assert_eq!(fourth.node_id, "holder-0001", "{message}");
+    assert!(message.contains("already holds image busybox"), "{message}");
+
+    for session in [first, second, third, fourth] {
+        client
+            .delete_session(DeleteSessionRequest { id: session.id })
+            .await?;
+    }
     fleet.stop().await;
     Ok(())
 }

@@ -13,14 +13,15 @@ use std::{collections::BTreeSet, future::Future, path::Path, pin::Pin, time::Dur
 
 use hearth_sdk::proto::v1::{
     AdminListSessionsRequest, CordonNodeRequest, CreateSessionRequest, CreateTemplateRequest,
-    CreateTokenRequest, DeleteSessionRequest, DeleteTemplateRequest, DrainNodeRequest, ExecRequest,
-    FILE_DESCRIPTOR_SET, GetClusterInfoRequest, GetNodeRequest, GetSessionRequest,
-    GetTemplateRequest, InvokeRequest, KeepAliveRequest, ListNodesRequest, ListSessionsRequest,
+    CreateTokenRequest, DeleteRegistryCredentialRequest, DeleteSessionRequest,
+    DeleteTemplateRequest, DrainNodeRequest, ExecRequest, FILE_DESCRIPTOR_SET,
+    GetClusterInfoRequest, GetNodeRequest, GetSessionRequest, GetTemplateRequest, InvokeRequest,
+    KeepAliveRequest, ListNodesRequest, ListRegistryCredentialsRequest, ListSessionsRequest,
     ListTemplatesRequest, ListTokensRequest, NodeState, PauseSessionRequest, ResumeSessionRequest,
-    RevokeTokenRequest, Session, SessionSpec, SessionState, Template, UncordonNodeRequest,
-    UpdateTemplateRequest, WatchEventsRequest, WatchSessionRequest, admin_client::AdminClient,
-    create_session_request, exec_response, sessions_client::SessionsClient,
-    templates_client::TemplatesClient,
+    RevokeTokenRequest, Session, SessionSpec, SessionState, SetRegistryCredentialRequest, Template,
+    UncordonNodeRequest, UpdateTemplateRequest, WatchEventsRequest, WatchSessionRequest,
+    admin_client::AdminClient, create_session_request, exec_response,
+    sessions_client::SessionsClient, templates_client::TemplatesClient,
 };
 use hearth_tests::{
     api, eventually, images,
@@ -179,6 +180,18 @@ async fn tenants_see_only_their_own_objects_and_admin_needs_the_admin_role() -> 
     let token_a = create_token(&config, "team-a", "user")?;
     let token_b = create_token(&config, "team-b", "user")?;
     let token_admin = create_token(&config, "ops", "admin")?;
+    // A key for registry credentials, which the Templates rows store.
+    let key = dir.path().join("credentials.key");
+    std::fs::write(&key, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n")?;
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new().append(true).open(&config)?;
+        writeln!(
+            file,
+            "\n[registry_credentials]\nkey_file = {:?}",
+            key.display().to_string()
+        )?;
+    }
     let cluster = TokenCluster::spawn(dir.path(), &config, "tenancy-node", "2")?;
     let (broker, agent) = (&cluster.broker, &cluster.agent);
     let logs = |e: anyhow::Error| cluster.logs(e);
@@ -240,6 +253,14 @@ async fn tenants_see_only_their_own_objects_and_admin_needs_the_admin_role() -> 
         .clone()
         .create_template(CreateTemplateRequest {
             template: Some(template.clone()),
+        })
+        .await?;
+    a.templates
+        .clone()
+        .set_registry_credential(SetRegistryCredentialRequest {
+            registry: "a-only.example.com".to_owned(),
+            username: "alice".to_owned(),
+            password: "a-secret".to_owned(),
         })
         .await?;
 
@@ -533,6 +554,55 @@ async fn tenants_see_only_their_own_objects_and_admin_needs_the_admin_role() -> 
                 c.templates
                     .delete_template(DeleteTemplateRequest {
                         name: "model-a".to_owned(),
+                    })
+                    .await?;
+                Ok(vec![])
+            }),
+            b: not_found(),
+            a: Expect::Ok,
+            admin: None,
+        },
+        Row {
+            rpc: "hearth.v1.Templates/SetRegistryCredential",
+            // One registry, two tenants: two records, each its own.
+            call: call(|mut c| async move {
+                let r = c
+                    .templates
+                    .set_registry_credential(SetRegistryCredentialRequest {
+                        registry: "shared.example.com".to_owned(),
+                        username: "someone".to_owned(),
+                        password: "p".to_owned(),
+                    })
+                    .await?;
+                Ok(vec![r.into_inner().registry])
+            }),
+            b: Expect::Sees("shared.example.com".to_owned()),
+            a: Expect::Sees("shared.example.com".to_owned()),
+            admin: None,
+        },
+        Row {
+            rpc: "hearth.v1.Templates/ListRegistryCredentials",
+            call: call(|mut c| async move {
+                let r = c
+                    .templates
+                    .list_registry_credentials(ListRegistryCredentialsRequest::default())
+                    .await?;
+                Ok(r.into_inner()
+                    .credentials
+                    .into_iter()
+                    .map(|c| c.registry)
+                    .collect())
+            }),
+            b: Expect::Hides("a-only.example.com".to_owned()),
+            a: Expect::Sees("a-only.example.com".to_owned()),
+            admin: None,
+        },
+        Row {
+            rpc: "hearth.v1.Templates/DeleteRegistryCredential",
+            call: call(|mut c| async move {
+                c.templates
+                    .delete_registry_credential(DeleteRegistryCredentialRequest {
+                        registry: "a-only.example.com".to_owned(),
                     })
                     .await?;
                 Ok(vec![])

@@ -305,6 +305,15 @@ async fn serve(
                     .on_pull_progress(&cluster, &node_id, &progress);
                 Routed::Done
             }
+            Some(agent_message::Msg::NodeImages(update)) => {
+                match crate::convert::node_images("node_images.images", &update.images) {
+                    Ok(images) => cluster
+                        .nodes
+                        .images_changed(&node_id, connection.id, images),
+                    Err(e) => tracing::warn!(node_id, error = %e, "ignoring a node's image list"),
+                }
+                Routed::Done
+            }
             Some(agent_message::Msg::Hello(_)) => {
                 tracing::warn!(node_id, "ignoring a second Hello on one stream");
                 Routed::Done

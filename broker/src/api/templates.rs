@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use hearth_sdk::proto::v1::{
-    CreateTemplateRequest, DeleteTemplateRequest, DeleteTemplateResponse, GetTemplateRequest,
-    ListTemplatesRequest, ListTemplatesResponse, Template, UpdateTemplateRequest,
-    templates_server::Templates,
+    CreateTemplateRequest, DeleteRegistryCredentialRequest, DeleteRegistryCredentialResponse,
+    DeleteTemplateRequest, DeleteTemplateResponse, GetTemplateRequest,
+    ListRegistryCredentialsRequest, ListRegistryCredentialsResponse, ListTemplatesRequest,
+    ListTemplatesResponse, RegistryCredential, SetRegistryCredentialRequest, Template,
+    UpdateTemplateRequest, templates_server::Templates,
 };
 use tonic::{Request, Response, Status};
 
@@ -133,5 +135,73 @@ impl Templates for TemplatesService {
         Ok(Response::new(DeleteTemplateResponse {
             pool_sessions_stopped: stopped,
         }))
+    }
+
+    async fn set_registry_credential(
+        &self,
+        request: Request<SetRegistryCredentialRequest>,
+    ) -> Result<Response<RegistryCredential>, Status> {
+        let caller = auth::caller(&request)?;
+        let SetRegistryCredentialRequest {
+            registry,
+            username,
+            password,
+        } = request.into_inner();
+        let leader = self.cluster.require_leader().await?;
+        let c = &self.cluster;
+        let shown = c
+            .credentials
+            .set(c, &leader, &caller.tenant, &registry, username, password)
+            .await?;
+        // Never the password; the user name and registry only.
+        c.events.emit(
+            "credentials.set",
+            "",
+            "",
+            format!(
+                "tenant {} set credentials for registry {} (user {})",
+                caller.tenant, shown.registry, shown.username
+            ),
+        );
+        Ok(Response::new(shown))
+    }
+
+    async fn list_registry_credentials(
+        &self,
+        request: Request<ListRegistryCredentialsRequest>,
+    ) -> Result<Response<ListRegistryCredentialsResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        self.cluster.require_leader().await?;
+        let credentials = self
+            .cluster
+            .credentials
+            .list(&self.cluster, &caller.tenant)
+            .await?;
+        Ok(Response::new(ListRegistryCredentialsResponse {
+            credentials,
+        }))
+    }
+
+    async fn delete_registry_credential(
+        &self,
+        request: Request<DeleteRegistryCredentialRequest>,
+    ) -> Result<Response<DeleteRegistryCredentialResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let leader = self.cluster.require_leader().await?;
+        let c = &self.cluster;
+        let registry = &request.get_ref().registry;
+        c.credentials
+            .delete(c, &leader, &caller.tenant, registry)
+            .await?;
+        c.events.emit(
+            "credentials.deleted",
+            "",
+            "",
+            format!(
+                "tenant {} deleted its credentials for registry {registry}",
+                caller.tenant
+            ),
+        );
+        Ok(Response::new(DeleteRegistryCredentialResponse {}))
     }
 }

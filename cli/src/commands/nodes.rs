@@ -280,6 +280,7 @@ pub fn node_view(node: &Node, sessions: &[Session], now: SystemTime) -> String {
         ),
         ("GPU SOURCE", source.to_owned()),
         ("SESSIONS", sessions.len().to_string()),
+        ("IMAGES", node.images.len().to_string()),
     ]);
     if !node.gpus.is_empty() {
         text.push('\n');
@@ -298,6 +299,22 @@ pub fn node_view(node: &Node, sessions: &[Session], now: SystemTime) -> String {
         }
         text.push('\n');
         text.push_str(&table.render());
+    }
+    if !node.images.is_empty() {
+        // A host may hold hundreds; the first few show what placement sees.
+        const SHOWN: usize = 20;
+        let mut table = Table::new(&["IMAGE"]);
+        for image in node.images.iter().take(SHOWN) {
+            table.row(vec![image.clone()]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+        if node.images.len() > SHOWN {
+            text.push_str(&format!(
+                "... and {} more (--json lists them all)\n",
+                node.images.len() - SHOWN
+            ));
+        }
     }
     text
 }

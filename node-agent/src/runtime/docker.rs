@@ -51,14 +51,15 @@ use crate::config::SessionLimits;
 mod firewall;
 pub mod gc;
 pub mod network;
+pub mod private;
 pub mod pull;
 
 pub use firewall::Firewall;
 use network::{Networks, Policy};
 
 use super::{
-    ExecOutput, ExecSpec, LABEL_EPOCH, LABEL_GENERATION, LABEL_NODE, LABEL_SESSION, LABEL_TENANT,
-    PullProgress, Runtime, RuntimeError, StartRequest, Workload, WorkloadState,
+    ExecOutput, ExecSpec, ImageRequest, LABEL_EPOCH, LABEL_GENERATION, LABEL_NODE, LABEL_SESSION,
+    LABEL_TENANT, PullProgress, Runtime, RuntimeError, StartRequest, Workload, WorkloadState,
 };
 
 /// Pids limit for a session whose spec sets none, unless `session_limits.pids_limit`
@@ -108,6 +109,10 @@ pub struct DockerRuntime {
     /// The images this agent pulled, for garbage collection (`gc.rs`); `None` until
     /// [`DockerRuntime::recording_pulls`].
     pulled: Option<gc::Pulled>,
+    /// Goes up with every image this agent pulls or removes ([`Runtime::images_version`]).
+    images_version: std::sync::atomic::AtomicU64,
+    /// Images pulled with a tenant's credentials, kept for that tenant (`private.rs`).
+    private: private::Private,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -175,6 +180,8 @@ impl DockerRuntime {
             mixed_tenants: false,
             pulls: Default::default(),
             pulled: None,
+            images_version: Default::default(),
+            private: Default::default(),
         })
     }
 
@@ -319,6 +326,7 @@ impl DockerRuntime {
     /// (see `gc.rs`), so [`DockerRuntime::collect_images`] can remove them later.
     pub fn recording_pulls(mut self, state_dir: &std::path::Path) -> Result<Self, RuntimeError> {
         self.pulled = Some(gc::Pulled::load(state_dir)?);
+        self.private = private::Private::load(state_dir)?;
         Ok(self)
     }
 
@@ -328,11 +336,17 @@ impl DockerRuntime {
         self.pulls.started()
     }
 
-    /// Whether the engine holds `image`.
-    async fn holds(&self, image: &str) -> Result<bool, RuntimeError> {
+    /// Notes that this agent pulled or removed an image.
+    fn images_changed(&self) {
+        self.images_version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The engine's id of `image` if it holds it.
+    async fn holds(&self, image: &str) -> Result<Option<String>, RuntimeError> {
         match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Ok(found) => Ok(Some(found.id.unwrap_or_default())),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
             Err(e) => Err(backend(format!("inspecting image {image:?}: {e}"))),
         }
     }
@@ -685,10 +699,11 @@ impl Runtime for DockerRuntime {
 
     async fn prepare_image(
         &self,
-        spec: &hearth_sdk::proto::v1::SessionSpec,
+        request: ImageRequest<'_>,
         progress: tokio::sync::watch::Sender<PullProgress>,
     ) -> Result<bool, RuntimeError> {
         use hearth_sdk::proto::v1::PullPolicy;
+        let spec = request.spec;
         let image = spec.image.as_str();
         if image.is_empty() {
             return Err(RuntimeError::InvalidSpec {
@@ -697,19 +712,64 @@ impl Runtime for DockerRuntime {
             });
         }
         let held = self.holds(image).await?;
+        // Held, but pulled with another tenant's credentials: this tenant must show the
+        // registry its own (private.rs).
+        let theirs = held
+            .as_deref()
+            .is_some_and(|id| !self.private.allows(id, request.tenant));
         let pull = match spec.pull_policy() {
-            PullPolicy::Never if !held => return Err(RuntimeError::NotPulled(image.to_owned())),
+            PullPolicy::Never if held.is_none() => {
+                return Err(RuntimeError::NotPulled(image.to_owned()));
+            }
+            PullPolicy::Never if theirs => {
+                return Err(RuntimeError::NotPulledForTenant(image.to_owned()));
+            }
             PullPolicy::Never => false,
-            PullPolicy::Always => !(held && pull::is_digest(image)),
-            PullPolicy::IfNotPresent | PullPolicy::Unspecified => !held,
+            PullPolicy::Always => theirs || !(held.is_some() && pull::is_digest(image)),
+            PullPolicy::IfNotPresent | PullPolicy::Unspecified => theirs || held.is_none(),
         };
         if pull {
-            self.pulls.pull(&self.docker, image, &progress).await?;
+            let auth = request.auth.map(|auth| pull::Auth {
+                tenant: request.tenant.to_owned(),
+                credentials: bollard::auth::DockerCredentials {
+                    username: Some(auth.username.clone()),
+                    password: Some(auth.password.clone()),
+                    serveraddress: Some(auth.registry.clone()),
+                    ..Default::default()
+                },
+            });
+            self.pulls
+                .pull(&self.docker, image, auth.as_ref(), &progress)
+                .await?;
+            self.images_changed();
+            if let Some(id) = self.holds(image).await? {
+                self.private
+                    .pulled(&id, request.tenant, request.auth.is_some());
+            }
         }
         if let Some(pulled) = &self.pulled {
             pulled.used(image, pull);
         }
         Ok(pull)
+    }
+
+    async fn images(&self) -> Result<Vec<String>, RuntimeError> {
+        let summaries = self
+            .docker
+            .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+            .await
+            .map_err(|e| backend(format!("listing images: {e}")))?;
+        Ok(summaries
+            .into_iter()
+            .flat_map(|s| s.repo_tags.into_iter().chain(s.repo_digests))
+            // An untagged image is listed as "<none>:<none>" or "<none>@<none>".
+            .filter(|name| !name.starts_with("<none>"))
+            .collect())
+    }
+
+    fn images_version(&self) -> u64 {
+        self.images_version
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn start(&self, request: &StartRequest) -> Result<Workload, RuntimeError> {

@@ -43,16 +43,7 @@ impl Pulled {
     /// Loads the record under `state_dir` (empty when there is none yet).
     pub fn load(state_dir: &Path) -> Result<Self, RuntimeError> {
         let path = state_dir.join(RECORD_FILE);
-        let used = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                backend(format!(
-                    "{} is not a record of pulled images ({e}); remove it to start afresh",
-                    path.display()
-                ))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(backend(format!("reading {}: {e}", path.display()))),
-        };
+        let used = read_record(&path, "a record of pulled images")?;
         Ok(Self {
             path,
             used: Mutex::new(used),
@@ -90,16 +81,39 @@ impl Pulled {
             .collect()
     }
 
-    /// Writes the record (through a temporary file, so a crash leaves the old one).
     fn save(&self, used: &BTreeMap<String, u64>) {
-        let tmp = self.path.with_extension("json.tmp");
-        let written = serde_json::to_vec_pretty(used)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
-        if let Err(e) = written {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not save the record of pulled images");
-        }
+        write_record(&self.path, used, "the record of pulled images");
+    }
+}
+
+/// Reads a JSON record the agent keeps in its state directory; the default when there is
+/// none yet. `what` names it in the error.
+pub(super) fn read_record<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+    what: &str,
+) -> Result<T, RuntimeError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            backend(format!(
+                "{} is not {what} ({e}); remove it to start afresh",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(backend(format!("reading {}: {e}", path.display()))),
+    }
+}
+
+/// Writes a JSON record through a temporary file, so a crash leaves the old one; a
+/// failure is logged (the record is rewritten at the next change).
+pub(super) fn write_record<T: serde::Serialize>(path: &Path, record: &T, what: &str) {
+    let tmp = path.with_extension("json.tmp");
+    let written = serde_json::to_vec_pretty(record)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "could not save {what}");
     }
 }
 
@@ -185,6 +199,7 @@ impl DockerRuntime {
             {
                 Ok(_) => {
                     pulled.forget(&image);
+                    self.images_changed();
                     tracing::info!(
                         image,
                         disk_use_percent = usage,

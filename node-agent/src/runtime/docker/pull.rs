@@ -7,7 +7,9 @@
 //!   missing image is [`RuntimeError::NotPulled`].
 //! - **Shared pulls.** Concurrent starts of one image on this node wait for the same
 //!   pull, which runs in a task of its own: a start that gives up does not cut the pull
-//!   off for the others.
+//!   off for the others. A pull with a tenant's registry credentials is shared only by
+//!   that tenant's starts, so no start gets an image through another tenant's
+//!   credentials.
 //! - **Progress** is summed over the layers the engine reports: bytes downloaded of the
 //!   bytes known so far, and layers done of layers seen. Every waiter sees it.
 //! - **Failures** carry the engine's words (the registry's "manifest unknown", "no basic
@@ -40,7 +42,16 @@ struct Failure {
     not_found: bool,
 }
 
-/// The pulls in progress on this engine, by image reference.
+/// A tenant's credentials for a pull.
+pub struct Auth {
+    /// Whose they are.
+    pub tenant: String,
+    /// As the engine takes them.
+    pub credentials: bollard::auth::DockerCredentials,
+}
+
+/// The pulls in progress on this engine, by image reference (and tenant, for a pull with
+/// credentials).
 #[derive(Default)]
 pub struct Pulls {
     running: Mutex<HashMap<String, watch::Receiver<State>>>,
@@ -53,24 +64,34 @@ impl Pulls {
         self.started.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Pulls `image`, or joins the pull of it already running, and forwards its progress
-    /// to `progress` until it ends.
+    /// Pulls `image` (with `auth` if given), or joins the same pull already running, and
+    /// forwards its progress to `progress` until it ends.
     pub async fn pull(
         self: &Arc<Self>,
         docker: &Docker,
         image: &str,
+        auth: Option<&Auth>,
         progress: &watch::Sender<PullProgress>,
     ) -> Result<(), RuntimeError> {
+        let key = match auth {
+            Some(auth) => format!("{image} for tenant {}", auth.tenant),
+            None => image.to_owned(),
+        };
         let mut state = {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            match running.get(image) {
+            match running.get(&key) {
                 Some(rx) => rx.clone(),
                 None => {
                     let (tx, rx) = watch::channel(State::Running(PullProgress::default()));
-                    running.insert(image.to_owned(), rx.clone());
+                    running.insert(key.clone(), rx.clone());
                     self.started
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tokio::spawn(run(self.clone(), docker.clone(), image.to_owned(), tx));
+                    let pull = Pull {
+                        image: image.to_owned(),
+                        key,
+                        credentials: auth.map(|a| a.credentials.clone()),
+                    };
+                    tokio::spawn(run(self.clone(), docker.clone(), pull, tx));
                     rx
                 }
             }
@@ -98,13 +119,23 @@ impl Pulls {
     }
 }
 
+/// One pull to run. Its credentials are never logged.
+struct Pull {
+    image: String,
+    /// Its key among the running pulls.
+    key: String,
+    credentials: Option<bollard::auth::DockerCredentials>,
+}
+
 /// The pull itself, in its own task; it forgets itself when done.
-async fn run(pulls: Arc<Pulls>, docker: Docker, image: String, tx: watch::Sender<State>) {
+async fn run(pulls: Arc<Pulls>, docker: Docker, pull: Pull, tx: watch::Sender<State>) {
     let started = std::time::Instant::now();
-    let outcome = pull_once(&docker, &image, &tx).await;
+    let image = pull.image.as_str();
+    let authenticated = pull.credentials.is_some();
+    let outcome = pull_once(&docker, image, pull.credentials, &tx).await;
     match &outcome {
-        Ok(()) => tracing::info!(image, took = ?started.elapsed(), "image pulled"),
-        Err(f) => tracing::warn!(image, reason = %f.reason, "image pull failed"),
+        Ok(()) => tracing::info!(image, authenticated, took = ?started.elapsed(), "image pulled"),
+        Err(f) => tracing::warn!(image, authenticated, reason = %f.reason, "image pull failed"),
     }
     // Forgotten before the outcome is told, so a start that comes after it begins a
     // pull of its own rather than joining a finished one.
@@ -112,18 +143,24 @@ async fn run(pulls: Arc<Pulls>, docker: Docker, image: String, tx: watch::Sender
         .running
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .remove(&image);
+        .remove(&pull.key);
     tx.send_replace(State::Done(outcome));
 }
 
-async fn pull_once(docker: &Docker, image: &str, tx: &watch::Sender<State>) -> Result<(), Failure> {
+async fn pull_once(
+    docker: &Docker,
+    image: &str,
+    credentials: Option<bollard::auth::DockerCredentials>,
+    tx: &watch::Sender<State>,
+) -> Result<(), Failure> {
     let (from_image, tag) = reference(image);
     let options = CreateImageOptions {
         from_image: Some(from_image),
         tag: Some(tag),
         ..Default::default()
     };
-    let mut stream = docker.create_image(Some(options), None, None);
+    let authenticated = credentials.is_some();
+    let mut stream = docker.create_image(Some(options), None, credentials);
     let mut layers = Layers::default();
     while let Some(item) = stream.next().await {
         match item {
@@ -141,6 +178,23 @@ async fn pull_once(docker: &Docker, image: &str, tx: &watch::Sender<State>) -> R
                     other => other.to_string(),
                 };
                 let not_found = status_of(&e) == Some(404) || says_not_found(&reason);
+                let reason = if says_unauthorized(&reason) {
+                    let registry = hearth_sdk::image::registry(image);
+                    if authenticated {
+                        format!(
+                            "registry {registry} refused the credentials (401 Unauthorized): \
+                             {reason}; set the right ones with `hearth registry login {registry}`"
+                        )
+                    } else {
+                        format!(
+                            "registry {registry} answered 401 Unauthorized and the tenant has \
+                             no credentials for it: {reason}; set them with \
+                             `hearth registry login {registry}`"
+                        )
+                    }
+                } else {
+                    reason
+                };
                 return Err(Failure { reason, not_found });
             }
         }
@@ -155,6 +209,15 @@ fn says_not_found(reason: &str) -> bool {
         || r.contains("not found")
         || r.contains("name unknown")
         || r.contains("repository does not exist")
+}
+
+/// Whether an engine's pull error means the registry wants (other) credentials.
+fn says_unauthorized(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("unauthorized")
+        || r.contains("no basic auth credentials")
+        || r.contains("authentication required")
+        || r.contains("401")
 }
 
 /// `image` split as the engine's pull API takes it: the name, and the tag or digest

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "telemetry", "session_status", "exec_output", "invoke_chunk", "reply", "pull_progress")
+    __slots__ = ("hello", "telemetry", "session_status", "exec_output", "invoke_chunk", "reply", "pull_progress", "node_images")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     SESSION_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class AgentMessage(_message.Message):
     INVOKE_CHUNK_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     PULL_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    NODE_IMAGES_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     telemetry: _types_pb2.NodeTelemetry
     session_status: SessionStatus
@@ -27,7 +28,14 @@ class AgentMessage(_message.Message):
     invoke_chunk: InvokeChunk
     reply: Reply
     pull_progress: PullProgress
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., telemetry: _Optional[_Union[_types_pb2.NodeTelemetry, _Mapping]] = ..., session_status: _Optional[_Union[SessionStatus, _Mapping]] = ..., exec_output: _Optional[_Union[ExecOutput, _Mapping]] = ..., invoke_chunk: _Optional[_Union[InvokeChunk, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., pull_progress: _Optional[_Union[PullProgress, _Mapping]] = ...) -> None: ...
+    node_images: NodeImages
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., telemetry: _Optional[_Union[_types_pb2.NodeTelemetry, _Mapping]] = ..., session_status: _Optional[_Union[SessionStatus, _Mapping]] = ..., exec_output: _Optional[_Union[ExecOutput, _Mapping]] = ..., invoke_chunk: _Optional[_Union[InvokeChunk, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., pull_progress: _Optional[_Union[PullProgress, _Mapping]] = ..., node_images: _Optional[_Union[NodeImages, _Mapping]] = ...) -> None: ...
+
+class NodeImages(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, images: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PullProgress(_message.Message):
     __slots__ = ("command_id", "session_id", "generation", "image", "done_bytes", "total_bytes", "layers_done", "layers_total", "done")
@@ -52,7 +60,7 @@ class PullProgress(_message.Message):
     def __init__(self, command_id: _Optional[str] = ..., session_id: _Optional[str] = ..., generation: _Optional[int] = ..., image: _Optional[str] = ..., done_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "incarnation", "version", "labels", "taints", "gpus", "gpu_source", "capacity", "runtime", "sessions", "highest_epoch")
+    __slots__ = ("node_id", "incarnation", "version", "labels", "taints", "gpus", "gpu_source", "capacity", "runtime", "sessions", "highest_epoch", "images")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +79,7 @@ class Hello(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     HIGHEST_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     incarnation: str
     version: str
@@ -82,7 +91,8 @@ class Hello(_message.Message):
     runtime: str
     sessions: _containers.RepeatedCompositeFieldContainer[RunningSession]
     highest_epoch: int
-    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[_Union[_types_pb2.Gpu, _Mapping]]] = ..., gpu_source: _Optional[_Union[_types_pb2.GpuSource, str]] = ..., capacity: _Optional[_Union[_types_pb2.NodeCapacity, _Mapping]] = ..., runtime: _Optional[str] = ..., sessions: _Optional[_Iterable[_Union[RunningSession, _Mapping]]] = ..., highest_epoch: _Optional[int] = ...) -> None: ...
+    images: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[_Union[_types_pb2.Gpu, _Mapping]]] = ..., gpu_source: _Optional[_Union[_types_pb2.GpuSource, str]] = ..., capacity: _Optional[_Union[_types_pb2.NodeCapacity, _Mapping]] = ..., runtime: _Optional[str] = ..., sessions: _Optional[_Iterable[_Union[RunningSession, _Mapping]]] = ..., highest_epoch: _Optional[int] = ..., images: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunningSession(_message.Message):
     __slots__ = ("session_id", "generation", "container_id", "state")
@@ -193,18 +203,30 @@ class CommandMeta(_message.Message):
     def __init__(self, command_id: _Optional[str] = ..., epoch: _Optional[int] = ..., session_id: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class StartSessionCommand(_message.Message):
-    __slots__ = ("meta", "spec", "gpu_uuids", "tenant", "network")
+    __slots__ = ("meta", "spec", "gpu_uuids", "tenant", "network", "registry_auth")
     META_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     GPU_UUIDS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_AUTH_FIELD_NUMBER: _ClassVar[int]
     meta: CommandMeta
     spec: _types_pb2.SessionSpec
     gpu_uuids: _containers.RepeatedScalarFieldContainer[str]
     tenant: str
     network: SessionNetwork
-    def __init__(self, meta: _Optional[_Union[CommandMeta, _Mapping]] = ..., spec: _Optional[_Union[_types_pb2.SessionSpec, _Mapping]] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., tenant: _Optional[str] = ..., network: _Optional[_Union[SessionNetwork, _Mapping]] = ...) -> None: ...
+    registry_auth: RegistryAuth
+    def __init__(self, meta: _Optional[_Union[CommandMeta, _Mapping]] = ..., spec: _Optional[_Union[_types_pb2.SessionSpec, _Mapping]] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., tenant: _Optional[str] = ..., network: _Optional[_Union[SessionNetwork, _Mapping]] = ..., registry_auth: _Optional[_Union[RegistryAuth, _Mapping]] = ...) -> None: ...
+
+class RegistryAuth(_message.Message):
+    __slots__ = ("registry", "username", "password")
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    registry: str
+    username: str
+    password: str
+    def __init__(self, registry: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
 
 class SessionNetwork(_message.Message):
     __slots__ = ("egress", "intra_tenant")

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hearth.v1 import types_pb2 as hearth_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19hearth/v1/templates.proto\x12\thearth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15hearth/v1/types.proto\"\xba\x01\n\x08Template\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12$\n\x04spec\x18\x04 \x01(\x0b\x32\x16.hearth.v1.SessionSpec\x12\x11\n\twarm_pool\x18\x05 \x01(\r\x12\x12\n\npool_ready\x18\x06 \x01(\r\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x15\x43reateTemplateRequest\x12%\n\x08template\x18\x01 \x01(\x0b\x32\x13.hearth.v1.Template\"\"\n\x12GetTemplateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14ListTemplatesRequest\"?\n\x15ListTemplatesResponse\x12&\n\ttemplates\x18\x01 \x03(\x0b\x32\x13.hearth.v1.Template\">\n\x15UpdateTemplateRequest\x12%\n\x08template\x18\x01 \x01(\x0b\x32\x13.hearth.v1.Template\"%\n\x15\x44\x65leteTemplateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"7\n\x16\x44\x65leteTemplateResponse\x12\x1d\n\x15pool_sessions_stopped\x18\x01 \x01(\r2\x8b\x03\n\tTemplates\x12G\n\x0e\x43reateTemplate\x12 .hearth.v1.CreateTemplateRequest\x1a\x13.hearth.v1.Template\x12\x41\n\x0bGetTemplate\x12\x1d.hearth.v1.GetTemplateRequest\x1a\x13.hearth.v1.Template\x12R\n\rListTemplates\x12\x1f.hearth.v1.ListTemplatesRequest\x1a .hearth.v1.ListTemplatesResponse\x12G\n\x0eUpdateTemplate\x12 .hearth.v1.UpdateTemplateRequest\x1a\x13.hearth.v1.Template\x12U\n\x0e\x44\x65leteTemplate\x12 .hearth.v1.DeleteTemplateRequest\x1a!.hearth.v1.DeleteTemplateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19hearth/v1/templates.proto\x12\thearth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15hearth/v1/types.proto\"\xba\x01\n\x08Template\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12$\n\x04spec\x18\x04 \x01(\x0b\x32\x16.hearth.v1.SessionSpec\x12\x11\n\twarm_pool\x18\x05 \x01(\r\x12\x12\n\npool_ready\x18\x06 \x01(\r\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x15\x43reateTemplateRequest\x12%\n\x08template\x18\x01 \x01(\x0b\x32\x13.hearth.v1.Template\"\"\n\x12GetTemplateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14ListTemplatesRequest\"?\n\x15ListTemplatesResponse\x12&\n\ttemplates\x18\x01 \x03(\x0b\x32\x13.hearth.v1.Template\">\n\x15UpdateTemplateRequest\x12%\n\x08template\x18\x01 \x01(\x0b\x32\x13.hearth.v1.Template\"%\n\x15\x44\x65leteTemplateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"7\n\x16\x44\x65leteTemplateResponse\x12\x1d\n\x15pool_sessions_stopped\x18\x01 \x01(\r\"h\n\x12RegistryCredential\x12\x10\n\x08registry\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x1cSetRegistryCredentialRequest\x12\x10\n\x08registry\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\" \n\x1eListRegistryCredentialsRequest\"U\n\x1fListRegistryCredentialsResponse\x12\x32\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x1d.hearth.v1.RegistryCredential\"3\n\x1f\x44\x65leteRegistryCredentialRequest\x12\x10\n\x08registry\x18\x01 \x01(\t\"\"\n DeleteRegistryCredentialResponse2\xd3\x05\n\tTemplates\x12G\n\x0e\x43reateTemplate\x12 .hearth.v1.CreateTemplateRequest\x1a\x13.hearth.v1.Template\x12\x41\n\x0bGetTemplate\x12\x1d.hearth.v1.GetTemplateRequest\x1a\x13.hearth.v1.Template\x12R\n\rListTemplates\x12\x1f.hearth.v1.ListTemplatesRequest\x1a .hearth.v1.ListTemplatesResponse\x12G\n\x0eUpdateTemplate\x12 .hearth.v1.UpdateTemplateRequest\x1a\x13.hearth.v1.Template\x12U\n\x0e\x44\x65leteTemplate\x12 .hearth.v1.DeleteTemplateRequest\x1a!.hearth.v1.DeleteTemplateResponse\x12_\n\x15SetRegistryCredential\x12\'.hearth.v1.SetRegistryCredentialRequest\x1a\x1d.hearth.v1.RegistryCredential\x12p\n\x17ListRegistryCredentials\x12).hearth.v1.ListRegistryCredentialsRequest\x1a*.hearth.v1.ListRegistryCredentialsResponse\x12s\n\x18\x44\x65leteRegistryCredential\x12*.hearth.v1.DeleteRegistryCredentialRequest\x1a+.hearth.v1.DeleteRegistryCredentialResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +49,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETETEMPLATEREQUEST']._serialized_end=575
   _globals['_DELETETEMPLATERESPONSE']._serialized_start=577
   _globals['_DELETETEMPLATERESPONSE']._serialized_end=632
-  _globals['_TEMPLATES']._serialized_start=635
-  _globals['_TEMPLATES']._serialized_end=1030
+  _globals['_REGISTRYCREDENTIAL']._serialized_start=634
+  _globals['_REGISTRYCREDENTIAL']._serialized_end=738
+  _globals['_SETREGISTRYCREDENTIALREQUEST']._serialized_start=740
+  _globals['_SETREGISTRYCREDENTIALREQUEST']._serialized_end=824
+  _globals['_LISTREGISTRYCREDENTIALSREQUEST']._serialized_start=826
+  _globals['_LISTREGISTRYCREDENTIALSREQUEST']._serialized_end=858
+  _globals['_LISTREGISTRYCREDENTIALSRESPONSE']._serialized_start=860
+  _globals['_LISTREGISTRYCREDENTIALSRESPONSE']._serialized_end=945
+  _globals['_DELETEREGISTRYCREDENTIALREQUEST']._serialized_start=947
+  _globals['_DELETEREGISTRYCREDENTIALREQUEST']._serialized_end=998
+  _globals['_DELETEREGISTRYCREDENTIALRESPONSE']._serialized_start=1000
+  _globals['_DELETEREGISTRYCREDENTIALRESPONSE']._serialized_end=1034
+  _globals['_TEMPLATES']._serialized_start=1037
+  _globals['_TEMPLATES']._serialized_end=1760
 # @@protoc_insertion_point(module_scope)

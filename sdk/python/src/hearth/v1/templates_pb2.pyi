@@ -67,3 +67,43 @@ class DeleteTemplateResponse(_message.Message):
     POOL_SESSIONS_STOPPED_FIELD_NUMBER: _ClassVar[int]
     pool_sessions_stopped: int
     def __init__(self, pool_sessions_stopped: _Optional[int] = ...) -> None: ...
+
+class RegistryCredential(_message.Message):
+    __slots__ = ("registry", "username", "updated_at")
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    registry: str
+    username: str
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, registry: _Optional[str] = ..., username: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SetRegistryCredentialRequest(_message.Message):
+    __slots__ = ("registry", "username", "password")
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    registry: str
+    username: str
+    password: str
+    def __init__(self, registry: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class ListRegistryCredentialsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRegistryCredentialsResponse(_message.Message):
+    __slots__ = ("credentials",)
+    CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    credentials: _containers.RepeatedCompositeFieldContainer[RegistryCredential]
+    def __init__(self, credentials: _Optional[_Iterable[_Union[RegistryCredential, _Mapping]]] = ...) -> None: ...
+
+class DeleteRegistryCredentialRequest(_message.Message):
+    __slots__ = ("registry",)
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    registry: str
+    def __init__(self, registry: _Optional[str] = ...) -> None: ...
+
+class DeleteRegistryCredentialResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

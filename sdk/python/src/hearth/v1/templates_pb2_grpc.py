@@ -61,6 +61,21 @@ class TemplatesStub:
                 request_serializer=hearth_dot_v1_dot_templates__pb2.DeleteTemplateRequest.SerializeToString,
                 response_deserializer=hearth_dot_v1_dot_templates__pb2.DeleteTemplateResponse.FromString,
                 _registered_method=True)
+        self.SetRegistryCredential = channel.unary_unary(
+                '/hearth.v1.Templates/SetRegistryCredential',
+                request_serializer=hearth_dot_v1_dot_templates__pb2.SetRegistryCredentialRequest.SerializeToString,
+                response_deserializer=hearth_dot_v1_dot_templates__pb2.RegistryCredential.FromString,
+                _registered_method=True)
+        self.ListRegistryCredentials = channel.unary_unary(
+                '/hearth.v1.Templates/ListRegistryCredentials',
+                request_serializer=hearth_dot_v1_dot_templates__pb2.ListRegistryCredentialsRequest.SerializeToString,
+                response_deserializer=hearth_dot_v1_dot_templates__pb2.ListRegistryCredentialsResponse.FromString,
+                _registered_method=True)
+        self.DeleteRegistryCredential = channel.unary_unary(
+                '/hearth.v1.Templates/DeleteRegistryCredential',
+                request_serializer=hearth_dot_v1_dot_templates__pb2.DeleteRegistryCredentialRequest.SerializeToString,
+                response_deserializer=hearth_dot_v1_dot_templates__pb2.DeleteRegistryCredentialResponse.FromString,
+                _registered_method=True)
 
 
 class TemplatesServicer:
@@ -103,6 +118,30 @@ class TemplatesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRegistryCredential(self, request, context):
+        """Stores the caller's credentials for one image registry, replacing any it had there.
+        They are kept encrypted in the store and used for the caller's sessions only; the
+        password is never returned. FAILED_PRECONDITION when the broker has no
+        `registry_credentials.key_file`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRegistryCredentials(self, request, context):
+        """Lists the registries the caller has credentials for (never the passwords).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRegistryCredential(self, request, context):
+        """Forgets the caller's credentials for one registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TemplatesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +169,21 @@ def add_TemplatesServicer_to_server(servicer, server):
                     servicer.DeleteTemplate,
                     request_deserializer=hearth_dot_v1_dot_templates__pb2.DeleteTemplateRequest.FromString,
                     response_serializer=hearth_dot_v1_dot_templates__pb2.DeleteTemplateResponse.SerializeToString,
+            ),
+            'SetRegistryCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRegistryCredential,
+                    request_deserializer=hearth_dot_v1_dot_templates__pb2.SetRegistryCredentialRequest.FromString,
+                    response_serializer=hearth_dot_v1_dot_templates__pb2.RegistryCredential.SerializeToString,
+            ),
+            'ListRegistryCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegistryCredentials,
+                    request_deserializer=hearth_dot_v1_dot_templates__pb2.ListRegistryCredentialsRequest.FromString,
+                    response_serializer=hearth_dot_v1_dot_templates__pb2.ListRegistryCredentialsResponse.SerializeToString,
+            ),
+            'DeleteRegistryCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRegistryCredential,
+                    request_deserializer=hearth_dot_v1_dot_templates__pb2.DeleteRegistryCredentialRequest.FromString,
+                    response_serializer=hearth_dot_v1_dot_templates__pb2.DeleteRegistryCredentialResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +323,87 @@ class Templates:
             '/hearth.v1.Templates/DeleteTemplate',
             hearth_dot_v1_dot_templates__pb2.DeleteTemplateRequest.SerializeToString,
             hearth_dot_v1_dot_templates__pb2.DeleteTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRegistryCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.v1.Templates/SetRegistryCredential',
+            hearth_dot_v1_dot_templates__pb2.SetRegistryCredentialRequest.SerializeToString,
+            hearth_dot_v1_dot_templates__pb2.RegistryCredential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegistryCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.v1.Templates/ListRegistryCredentials',
+            hearth_dot_v1_dot_templates__pb2.ListRegistryCredentialsRequest.SerializeToString,
+            hearth_dot_v1_dot_templates__pb2.ListRegistryCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRegistryCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearth.v1.Templates/DeleteRegistryCredential',
+            hearth_dot_v1_dot_templates__pb2.DeleteRegistryCredentialRequest.SerializeToString,
+            hearth_dot_v1_dot_templates__pb2.DeleteRegistryCredentialResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -389,7 +389,7 @@ class NodeCapacity(_message.Message):
     def __init__(self, cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "state", "schedulable", "draining", "labels", "taints", "gpus", "gpu_source", "capacity", "agent_version", "incarnation", "runtime", "connected_at", "last_seen_at", "telemetry", "telemetry_received_at", "session_ids", "state_changed_at", "drain_deadline", "excluded_gpus")
+    __slots__ = ("id", "state", "schedulable", "draining", "labels", "taints", "gpus", "gpu_source", "capacity", "agent_version", "incarnation", "runtime", "connected_at", "last_seen_at", "telemetry", "telemetry_received_at", "session_ids", "state_changed_at", "drain_deadline", "excluded_gpus", "images")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -417,6 +417,7 @@ class Node(_message.Message):
     STATE_CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
     DRAIN_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_GPUS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: NodeState
     schedulable: bool
@@ -437,7 +438,8 @@ class Node(_message.Message):
     state_changed_at: _timestamp_pb2.Timestamp
     drain_deadline: _timestamp_pb2.Timestamp
     excluded_gpus: _containers.RepeatedCompositeFieldContainer[GpuExclusion]
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., schedulable: _Optional[bool] = ..., draining: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., gpu_source: _Optional[_Union[GpuSource, str]] = ..., capacity: _Optional[_Union[NodeCapacity, _Mapping]] = ..., agent_version: _Optional[str] = ..., incarnation: _Optional[str] = ..., runtime: _Optional[str] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., telemetry: _Optional[_Union[NodeTelemetry, _Mapping]] = ..., telemetry_received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_ids: _Optional[_Iterable[str]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drain_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., excluded_gpus: _Optional[_Iterable[_Union[GpuExclusion, _Mapping]]] = ...) -> None: ...
+    images: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., schedulable: _Optional[bool] = ..., draining: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., taints: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., gpu_source: _Optional[_Union[GpuSource, str]] = ..., capacity: _Optional[_Union[NodeCapacity, _Mapping]] = ..., agent_version: _Optional[str] = ..., incarnation: _Optional[str] = ..., runtime: _Optional[str] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., telemetry: _Optional[_Union[NodeTelemetry, _Mapping]] = ..., telemetry_received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_ids: _Optional[_Iterable[str]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drain_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., excluded_gpus: _Optional[_Iterable[_Union[GpuExclusion, _Mapping]]] = ..., images: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GpuExclusion(_message.Message):
     __slots__ = ("uuid", "xid", "at")
