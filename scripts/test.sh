@@ -60,6 +60,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "building binaries and examples (end-to-end tests run them)"
 cargo build --workspace --bins --examples
 
+# The images under test carry debug builds (scripts/build-images.sh --profile dev): the
+# same code, and the agent's binary is the one just built; two release builds of the
+# whole dependency tree (static and dynamic) would add about ten minutes to every run.
+export HEARTH_IMAGE_PROFILE=${HEARTH_IMAGE_PROFILE:-dev}
 if docker info >/dev/null 2>&1; then
     # The compose test would build them too; here the time shows as a step of its own.
     step "building the container images (scripts/build-images.sh)"
