@@ -20,8 +20,10 @@
 # image on stdout: `NAME:VERSION SIZE_BYTES`.
 #
 # The binaries are release builds. `--profile dev` (or HEARTH_IMAGE_PROFILE=dev) packs
-# debug builds instead: the same code unoptimised, built in a fraction of the time and
-# reusing `cargo build`'s output for the agent. The test suite uses it; ship release.
+# the workspace's debug builds instead, as `cargo build --workspace --bins` left them:
+# the same code unoptimised, and no extra build at all, but the broker linked
+# dynamically (its image then carries its libraries, as the agent's does). The test suite
+# uses it; ship release.
 # Each image carries its profile in the label dev.hearth.build-profile.
 #
 #   scripts/build-images.sh                  # all three
@@ -40,7 +42,7 @@ while (( $# )); do
             profile=$2
             shift
             ;;
-        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "error: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -68,20 +70,27 @@ created=$(git log -1 --format=%cI 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)
 source_url=$(sed -n 's/^repository = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
 target="x86_64-unknown-linux-gnu"
-static_dir="target/static/$target/$profile_dir"
-step "building static hearth-broker and hearth ($profile, crt-static)"
-CARGO_TARGET_DIR=target/static RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --quiet --profile "$profile" --target "$target" -p hearth-broker -p hearth-cli --bins >&2
-step "building hearth-agent ($profile, dynamically linked for NVML)"
-cargo build --quiet --profile "$profile" -p hearth-agent --bins >&2
-
-# A dynamically linked binary would not even start in a scratch image: fail here.
-for binary in "$static_dir/hearth-broker" "$static_dir/hearth"; do
-    linked=$(ldd "$binary" 2>&1 || true)
-    if ! grep -Eq 'statically linked|not a dynamic executable' <<<"$linked"; then
-        die "$binary is not statically linked: $(head -n 3 <<<"$linked")"
-    fi
-done
+if [[ $profile == release ]]; then
+    broker_dir="target/static/$target/release"
+    step "building static hearth-broker and hearth (release, crt-static)"
+    CARGO_TARGET_DIR=target/static RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build --quiet --release --target "$target" -p hearth-broker -p hearth-cli --bins >&2
+    step "building hearth-agent (release, dynamically linked for NVML)"
+    cargo build --quiet --release -p hearth-agent --bins >&2
+    # A dynamically linked binary would not even start in a scratch image: fail here.
+    for binary in "$broker_dir/hearth-broker" "$broker_dir/hearth"; do
+        linked=$(ldd "$binary" 2>&1 || true)
+        if ! grep -Eq 'statically linked|not a dynamic executable' <<<"$linked"; then
+            die "$binary is not statically linked: $(head -n 3 <<<"$linked")"
+        fi
+    done
+else
+    # The workspace's own debug build (a no-op after `cargo build --workspace --bins`):
+    # dynamically linked, so the broker image gets its libraries as the agent's does.
+    broker_dir="target/debug"
+    step "building hearth-broker, hearth and hearth-agent (dev, dynamically linked)"
+    cargo build --quiet --workspace --bins >&2
+fi
 
 contexts=$(mktemp -d)
 trap 'rm -rf "$contexts"' EXIT
@@ -132,10 +141,15 @@ build() {
 
 step "image hearth-broker:$version"
 broker="$contexts/broker"
-install -D -m 0755 "$static_dir/hearth-broker" "$broker/rootfs/usr/local/bin/hearth-broker"
-install -D -m 0755 "$static_dir/hearth" "$broker/rootfs/usr/local/bin/hearth"
-strip_copy "$broker/rootfs/usr/local/bin/hearth-broker"
-strip_copy "$broker/rootfs/usr/local/bin/hearth"
+if [[ $profile == release ]]; then
+    install -D -m 0755 "$broker_dir/hearth-broker" "$broker/rootfs/usr/local/bin/hearth-broker"
+    install -D -m 0755 "$broker_dir/hearth" "$broker/rootfs/usr/local/bin/hearth"
+    strip_copy "$broker/rootfs/usr/local/bin/hearth-broker"
+    strip_copy "$broker/rootfs/usr/local/bin/hearth"
+else
+    with_libraries "$broker_dir/hearth-broker" "$broker/rootfs"
+    with_libraries "$broker_dir/hearth" "$broker/rootfs"
+fi
 # The embedded store's default path is relative (hearth-data/...): the working directory
 # is the broker's own, writable by its user. Directories its user owns come from owned/,
 # copied with --chown onto paths that do not exist yet (COPY leaves an existing

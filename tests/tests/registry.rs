@@ -838,10 +838,44 @@ async fn registry_credentials_pull_for_their_tenant_only() -> anyhow::Result<()>
     let err = create(&a).await.unwrap_err();
     refused(&err, "refused the credentials");
     // The right ones: pulled with them, READY.
-    let shown = login(&a, PASSWORD).await?;
-    assert_eq!(
-        (shown.registry.as_str(), shown.username.as_str()),
-        (private.host.as_str(), "alice")
+    // The right ones, through the CLI as the README shows: the password on stdin.
+    let hearth = |args: &[&str], stdin: &str| -> anyhow::Result<String> {
+        let mut child = Command::new(hearth_tests::process::binary("hearth")?)
+            .args(["--broker", &cluster.broker.url, "--token", &token_a])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin.as_bytes())?;
+        let out = child.wait_with_output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::ensure!(out.status.success(), "hearth {args:?}: {text}");
+        Ok(text)
+    };
+    let said = hearth(
+        &["registry", "login", &private.host, "--username", "alice"],
+        &format!("{PASSWORD}\n"),
+    )?;
+    assert!(
+        said.contains(&format!(
+            "credentials for {} (user alice) stored",
+            private.host
+        )),
+        "{said}"
+    );
+    let table = hearth(&["registry", "ls"], "")?;
+    assert!(
+        table.contains(&private.host) && table.contains("alice") && !table.contains(PASSWORD),
+        "{table}"
     );
     let session = create(&a)
         .await
@@ -893,6 +927,9 @@ async fn registry_credentials_pull_for_their_tenant_only() -> anyhow::Result<()>
     a.sessions()
         .delete_session(DeleteSessionRequest { id: session.id })
         .await?;
+    hearth(&["registry", "logout", &private.host], "")?;
+    let table = hearth(&["registry", "ls"], "")?;
+    assert!(!table.contains(&private.host), "{table}");
     Ok(())
 }
 

@@ -18,6 +18,20 @@ use hearth_tests::{
 };
 use tonic::Code;
 
+/// Waits until `count` hosts are READY on `broker`.
+async fn hosts_ready(broker: &Broker, count: u32) -> anyhow::Result<()> {
+    eventually(
+        &format!("{count} simulated hosts READY"),
+        Duration::from_secs(20),
+        || async {
+            let info = api::cluster_info(&broker.url).await?;
+            Ok((info.nodes_ready == count).then_some(()))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", broker.proc.log_tail()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_hosts_register_report_and_follow_the_session_lifecycle() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -36,16 +50,7 @@ async fn simulated_hosts_register_report_and_follow_the_session_lifecycle() -> a
     });
     let ids = fleet.node_ids();
     assert_eq!(ids, ["sim-host-0000", "sim-host-0001", "sim-host-0002"]);
-    eventually(
-        "3 simulated hosts READY",
-        Duration::from_secs(20),
-        || async {
-            let info = api::cluster_info(&broker.url).await?;
-            Ok((info.nodes_ready == 3).then_some(()))
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", broker.proc.log_tail()))?;
+    hosts_ready(&broker, 3).await?;
 
     // Labelled simulated everywhere, with telemetry at the broker's interval.
     let node = eventually("telemetry from a host", Duration::from_secs(5), || async {
@@ -185,16 +190,7 @@ async fn placement_prefers_a_node_that_holds_the_image() -> anyhow::Result<()> {
         .into(),
         ..SimFleetConfig::default()
     });
-    eventually(
-        "3 simulated hosts READY",
-        Duration::from_secs(20),
-        || async {
-            let info = api::cluster_info(&broker.url).await?;
-            Ok((info.nodes_ready == 3).then_some(()))
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", broker.proc.log_tail()))?;
+    hosts_ready(&broker, 3).await?;
     // The broker shows what each node holds, spelled in full.
     let node = api::node(&broker.url, "holder-0001").await?;
     assert_eq!(
