@@ -29,6 +29,7 @@ use crate::{
     cluster::{Cluster, LeaderState},
     config::ConfigError,
     error::{Error, Result},
+    sessions::fenced_write,
     store::{Compare, Txn},
 };
 
@@ -202,7 +203,7 @@ impl Credentials {
             sealed,
             updated_at: Some(updated_at),
         };
-        write(
+        fenced_write(
             cluster,
             leader,
             Txn::fenced(leader.epoch).put(key, record.encode_to_vec()),
@@ -252,7 +253,7 @@ impl Credentials {
         let txn = Txn::fenced(leader.epoch)
             .when(Compare::ModRevision(key.clone(), kv.mod_revision))
             .delete(key);
-        if !write(cluster, leader, txn).await? {
+        if !fenced_write(cluster, leader, txn).await?.succeeded {
             // Replaced or deleted meanwhile: whoever did it decided.
             return Err(Error::FailedPrecondition(format!(
                 "the credentials for registry {registry} changed while being deleted; retry"
@@ -294,17 +295,6 @@ fn decode(key: &str, value: &[u8]) -> Result<Record> {
             reason: e.to_string(),
         })
     })
-}
-
-/// Writes through a fenced transaction; false when its condition did not hold.
-async fn write(cluster: &Cluster, leader: &LeaderState, txn: Txn) -> Result<bool> {
-    cluster.metrics.store_writes_total.inc();
-    let outcome = cluster.store.txn(txn).await?;
-    if !outcome.succeeded {
-        cluster.metrics.store_write_failures_total.inc();
-        crate::sessions::check_still_leader(cluster, leader).await?;
-    }
-    Ok(outcome.succeeded)
 }
 
 /// Checks a registry name (`host`, `host:port`) and spells it as references do: lower

@@ -319,6 +319,23 @@ pub struct Sessions {
     orphans: Mutex<HashSet<(String, String, u64)>>,
 }
 
+/// Runs a fenced transaction, counted in the metrics; when it does not succeed, checks
+/// that this broker still leads (`Deposed` otherwise), so a failed compare is the
+/// caller's to interpret.
+pub async fn fenced_write(
+    cluster: &Cluster,
+    leader: &LeaderState,
+    txn: Txn,
+) -> Result<crate::store::TxnOutcome> {
+    cluster.metrics.store_writes_total.inc();
+    let outcome = cluster.store.txn(txn).await?;
+    if !outcome.succeeded {
+        cluster.metrics.store_write_failures_total.inc();
+        check_still_leader(cluster, leader).await?;
+    }
+    Ok(outcome)
+}
+
 /// Fails with `Deposed` (and gives leadership up) unless the leader key is still ours. A
 /// fenced write that failed means either a compare of the caller's failed or another
 /// broker leads; this tells them apart.

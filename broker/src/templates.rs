@@ -241,13 +241,7 @@ impl Templates {
         leader: &LeaderState,
         txn: Txn,
     ) -> Result<crate::store::TxnOutcome> {
-        cluster.metrics.store_writes_total.inc();
-        let outcome = cluster.store.txn(txn).await?;
-        if !outcome.succeeded {
-            cluster.metrics.store_write_failures_total.inc();
-            crate::sessions::check_still_leader(cluster, leader).await?;
-        }
-        Ok(outcome)
+        crate::sessions::fenced_write(cluster, leader, txn).await
     }
 }
 
